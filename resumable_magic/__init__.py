@@ -1,0 +1,63 @@
+"""resumable_magic: notebook loops that survive kernel crashes.
+
+``%load_ext resumable_magic`` registers the ``%%resumable`` cell magic. From plain Python, use
+:class:`Resumable` and :func:`load`. Importing this package stays light: IPython is imported only
+when the extension is loaded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+from .errors import (
+    CellStructureError,
+    CheckpointCorruptError,
+    CheckpointFormatError,
+    InputsChangedError,
+    IterationMismatchError,
+    NoCheckpointError,
+    NotSerializableError,
+    OptionError,
+    ResumableError,
+    ResumableWarning,
+    ResumeRefusedError,
+    RunInterrupted,
+    StateVariableError,
+)
+from .run import Resumable, load
+
+__all__ = [
+    "CellStructureError",
+    "CheckpointCorruptError",
+    "CheckpointFormatError",
+    "InputsChangedError",
+    "IterationMismatchError",
+    "NoCheckpointError",
+    "NotSerializableError",
+    "OptionError",
+    "Resumable",
+    "ResumableError",
+    "ResumableWarning",
+    "ResumeRefusedError",
+    "RunInterrupted",
+    "StateVariableError",
+    "__version__",
+    "load",
+    "load_ipython_extension",
+    "unload_ipython_extension",
+]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Called by ``%load_ext resumable_magic``."""
+    from .magic import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    from .magic import unload_ipython_extension as unload
+
+    unload(ipython)

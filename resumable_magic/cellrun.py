@@ -1,0 +1,114 @@
+"""One resumable cell: setup, then the loop under a :class:`~resumable_magic.run.Resumable`, then teardown.
+
+Plain Python (the magic hands it the cell already transformed into Python, and its namespace).
+Order of a run: the checkpoint is found and checked (nothing runs if resuming would be wrong); setup
+runs; a ``for`` loop's iterable is evaluated with setup's values and advanced past the completed
+iterations; the state is restored; the loop continues; teardown runs.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+from collections.abc import MutableMapping, Sequence
+from typing import Any
+
+from .cellsplit import (
+    LOOP_VAR,
+    TICK_VAR,
+    bound_names,
+    compile_block,
+    compile_display,
+    compile_iterable,
+    compile_loop,
+    free_names,
+    split_cell,
+    split_last_expression,
+    unnamed_changes,
+)
+from .policy import Every
+from .progress import ProgressModel
+from .run import Resumable
+
+
+def run_cell(
+    source: str,
+    names: Sequence[str],
+    namespace: MutableMapping[str, Any],
+    *,
+    key: str,
+    dir: str | os.PathLike[str] | None = None,
+    every: str | Every | None = None,
+    fresh: bool = False,
+    accept_changes: bool = False,
+    progress: ProgressModel | None = None,
+    filename: str = "<resumable-cell>",
+    line_offset: int = 0,
+    code: str | None = None,
+) -> Resumable:
+    """Run ``source`` (setup, one top-level loop, teardown) resumably in ``namespace``.
+
+    ``code`` is the text compared across runs to warn about edits (default: ``source``). A final bare
+    expression in teardown is shown through ``sys.displayhook``, as a cell's value. Returns the run.
+    """
+    __tracebackhide__ = True
+    plan = split_cell(source, line_offset=line_offset)
+    run = Resumable(
+        key,
+        namespace,
+        names,
+        dir=dir,
+        every=every,
+        fresh=fresh,
+        accept_changes=accept_changes,
+        inputs={n: namespace[n] for n in free_names(plan) if n in namespace},
+        code=code if code is not None else source,
+        progress=progress,
+        header=plan.header,
+        final_names=plan.target_names,
+    )
+    defined = bound_names(plan.setup) | {
+        k for k, v in namespace.items() if not k.startswith("_") and not isinstance(v, types.ModuleType)
+    }
+    changed = unnamed_changes(plan, defined, set(names))
+    if changed:
+        listed = ", ".join(f"{n!r} (line {line})" for n, line in changed.items())
+        run.progress.message(
+            "warning",
+            f"the loop changes {listed}, defined before the loop but not named as state: "
+            f"after a crash {'it' if len(changed) == 1 else 'they'} would not be restored. Add "
+            f"{'it' if len(changed) == 1 else 'them'} to the names if the result depends on "
+            f"{'it' if len(changed) == 1 else 'them'}.",
+        )
+
+    run.open()
+    exec(compile_block(plan.setup, filename), namespace)
+    if run.replayed:
+        run.restore()
+    else:
+        loop_code = compile_loop(plan, filename)
+        if plan.kind == "for":
+            iterable = eval(compile_iterable(plan, filename), namespace)
+            prepared = run.prepare(iterable)
+        run.restore()
+        try:
+            if plan.kind == "for":
+                namespace[LOOP_VAR] = run.iterate(prepared)
+            else:
+                namespace[TICK_VAR] = run.tick
+            exec(loop_code, namespace)
+            run.finish()
+        except BaseException as exc:
+            run.close(exc)
+            raise
+        finally:
+            namespace.pop(LOOP_VAR, None)
+            namespace.pop(TICK_VAR, None)
+        run.close()
+
+    body, last = split_last_expression(plan.teardown)
+    exec(compile_block(body, filename), namespace)
+    if last is not None:
+        # 'single' mode hands the value to sys.displayhook: IPython shows it as the cell's Out[n].
+        exec(compile_display(last, filename), namespace)
+    return run

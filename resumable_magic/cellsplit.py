@@ -1,0 +1,234 @@
+"""Pure ``ast`` work on a resumable cell: split it into setup / loop / teardown, rewrite the loop so each
+iteration boundary reaches the run, and find what the cell reads and changes outside its named state.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+from dataclasses import dataclass
+from types import CodeType
+
+from .errors import CellStructureError
+
+LOOP_VAR = "_resumable_loop_"
+TICK_VAR = "_resumable_tick_"
+_LOOPS = (ast.For, ast.While)
+
+# Methods that change their object in place: calling one on an unnamed variable inside the loop loses
+# the change after a crash. Deliberately the common ones, not every method call.
+MUTATING_METHODS = frozenset(
+    {
+        "append",
+        "extend",
+        "update",
+        "add",
+        "insert",
+        "pop",
+        "remove",
+        "clear",
+        "setdefault",
+        "sort",
+        "popitem",
+        "discard",
+        "appendleft",
+        "extendleft",
+        "popleft",
+        "reverse",
+    }
+)
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    """A cell split at its single top-level loop."""
+
+    source: str
+    setup: list[ast.stmt]
+    loop: ast.For | ast.While
+    teardown: list[ast.stmt]
+
+    @property
+    def kind(self) -> str:
+        return "for" if isinstance(self.loop, ast.For) else "while"
+
+    @property
+    def header(self) -> str:
+        """The loop's first line as written, e.g. ``for i in range(N):``."""
+        lines = self.source.splitlines()
+        return lines[self.loop.lineno - 1].strip() if self.loop.lineno <= len(lines) else self.kind
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        """Plain names the ``for`` statement assigns (``i, (x, y)`` -> i, x, y)."""
+        if not isinstance(self.loop, ast.For):
+            return ()
+        return tuple(_bound_names(self.loop.target))
+
+
+def split_cell(source: str, *, line_offset: int = 0) -> CellPlan:
+    """Parse ``source`` (plain Python) and split it at its one top-level ``for``/``while`` loop.
+
+    ``line_offset`` shifts line numbers, so tracebacks point at the user's lines when the source is a
+    cell body below a ``%%magic`` line.
+    """
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as exc:
+        raise CellStructureError(
+            f"The cell has a syntax error at line {(exc.lineno or 0) + line_offset}: {exc.msg}."
+        ) from None
+    if line_offset:
+        ast.increment_lineno(tree, line_offset)
+    loops = [i for i, node in enumerate(tree.body) if isinstance(node, _LOOPS)]
+    if any(isinstance(node, (ast.AsyncFor,)) for node in tree.body):
+        raise CellStructureError("`async for` loops cannot be resumed; use a plain `for` or `while` loop.")
+    if not loops:
+        raise CellStructureError(
+            "A %%resumable cell needs one top-level `for` or `while` loop (not indented inside "
+            "`if`/`with`/`def`): its iterations are what gets checkpointed. Put the loop at the top "
+            "level of the cell, or run the cell without %%resumable."
+        )
+    if len(loops) > 1:
+        lines = ", ".join(str(tree.body[i].lineno) for i in loops)
+        raise CellStructureError(
+            f"A %%resumable cell has exactly one top-level loop; this one has {len(loops)} (lines {lines}). "
+            f"Split the cell so each loop has its own %%resumable cell, or move the other loops into a "
+            f"function or another cell."
+        )
+    index = loops[0]
+    # ast.increment_lineno moved line numbers; the header lookup needs the unshifted source lines.
+    padded = "\n" * line_offset + source
+    return CellPlan(padded, tree.body[:index], tree.body[index], tree.body[index + 1 :])  # type: ignore[arg-type]
+
+
+def compile_block(statements: list[ast.stmt], filename: str) -> CodeType:
+    return compile(ast.Module(body=statements, type_ignores=[]), filename, "exec")
+
+
+def compile_iterable(plan: CellPlan, filename: str) -> CodeType:
+    """The ``for`` loop's iterable expression, evaluated on its own before the state is restored."""
+    assert isinstance(plan.loop, ast.For)
+    return compile(ast.Expression(body=plan.loop.iter), filename, "eval")
+
+
+def compile_loop(plan: CellPlan, filename: str) -> CodeType:
+    """The loop, rewritten so that its iteration boundaries call into the run.
+
+    ``for T in EXPR:`` becomes ``for T in _resumable_loop_:`` (an iterator the run provides, which
+    sees every boundary); ``while COND:`` becomes ``while _resumable_tick_() and (COND):``. Body,
+    ``else``, ``break`` and ``continue`` are untouched, so they behave exactly as written.
+    """
+    loop = plan.loop
+    new: ast.stmt
+    if isinstance(loop, ast.For):
+        iterator = ast.copy_location(ast.Name(id=LOOP_VAR, ctx=ast.Load()), loop.iter)
+        new = ast.For(
+            target=loop.target, iter=iterator, body=loop.body, orelse=loop.orelse, type_comment=None
+        )
+    else:
+        tick = ast.copy_location(
+            ast.Call(func=ast.Name(id=TICK_VAR, ctx=ast.Load()), args=[], keywords=[]), loop.test
+        )
+        test = ast.copy_location(ast.BoolOp(op=ast.And(), values=[tick, loop.test]), loop.test)
+        new = ast.While(test=test, body=loop.body, orelse=loop.orelse)
+    ast.copy_location(new, loop)
+    module = ast.Module(body=[new], type_ignores=[])
+    ast.fix_missing_locations(module)
+    return compile(module, filename, "exec")
+
+
+def split_last_expression(statements: list[ast.stmt]) -> tuple[list[ast.stmt], ast.Expr | None]:
+    """Teardown minus a final bare expression, and that expression (to display as a cell's value)."""
+    if statements and isinstance(statements[-1], ast.Expr):
+        return statements[:-1], statements[-1]  # type: ignore[return-value]
+    return statements, None
+
+
+def compile_display(expr: ast.Expr, filename: str) -> CodeType:
+    """Compile a bare expression in 'single' mode, so the displayhook shows its value as IPython does."""
+    return compile(ast.Interactive(body=[expr]), filename, "single")
+
+
+# -- what the cell reads and changes ------------------------------------------------------------------
+
+
+def _bound_names(target: ast.AST) -> list[str]:
+    if isinstance(target, ast.Name):
+        return [target.id]
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return [n for elt in target.elts for n in _bound_names(elt)]
+    if isinstance(target, ast.Starred):
+        return _bound_names(target.value)
+    return []
+
+
+def _root_name(node: ast.AST) -> str | None:
+    while isinstance(node, (ast.Attribute, ast.Subscript)):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def bound_names(statements: list[ast.stmt]) -> set[str]:
+    """Every name the statements bind at any depth (assignments, defs, imports, targets, arguments)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.Module(body=statements, type_ignores=[])):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            names.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.alias):
+            names.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            names.add(node.name)
+    return names
+
+
+def free_names(plan: CellPlan) -> set[str]:
+    """Names the cell reads but never binds: what it takes from the notebook (builtins excluded)."""
+    statements = [*plan.setup, plan.loop, *plan.teardown]
+    loaded = {
+        node.id
+        for node in ast.walk(ast.Module(body=statements, type_ignores=[]))
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)
+    }
+    return loaded - bound_names(statements) - set(dir(builtins))
+
+
+def unnamed_changes(plan: CellPlan, defined_before: set[str], state: set[str]) -> dict[str, int]:
+    """Variables defined before the loop, not named as state, that the loop body changes.
+
+    Returns name -> first line. Counts assignments (also augmented, annotated, tuple and nested-loop
+    targets), item and attribute stores and deletes, and calls of :data:`MUTATING_METHODS`. Nested
+    function and class bodies are their own scopes and are not searched.
+    """
+    ignore = state | set(plan.target_names)
+    found: dict[str, int] = {}
+
+    def note(name: str | None, node: ast.AST) -> None:
+        if name and name in defined_before and name not in ignore:
+            found.setdefault(name, getattr(node, "lineno", 0))
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            return
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            note(node.id, node)
+        elif isinstance(node, (ast.Attribute, ast.Subscript)) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            note(_root_name(node), node)
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in MUTATING_METHODS
+        ):
+            note(_root_name(node.func.value), node)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    for statement in [*plan.loop.body, *plan.loop.orelse]:
+        visit(statement)
+    if isinstance(plan.loop, ast.While):
+        visit(plan.loop.test)
+    return dict(sorted(found.items(), key=lambda item: item[1]))

@@ -1,0 +1,147 @@
+"""Errors and warnings, as data: each carries its culprit as attributes and says what to do next.
+
+IPython shows an exception that has ``_render_traceback_`` by calling it instead of printing a
+traceback, so every error here reaches a notebook user as its one-paragraph message, and the cell
+still fails (later cells of a "Run all" do not run). Nothing here imports IPython.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = [
+    "CellStructureError",
+    "CheckpointCorruptError",
+    "CheckpointFormatError",
+    "InputsChangedError",
+    "IterationMismatchError",
+    "NoCheckpointError",
+    "NotSerializableError",
+    "OptionError",
+    "ResumableError",
+    "ResumableWarning",
+    "ResumeRefusedError",
+    "RunInterrupted",
+    "StateVariableError",
+]
+
+
+def _render(exc: BaseException) -> list[str]:
+    # Red name, then the message: the look of an IPython error line, without the traceback.
+    return [f"\x1b[0;31m{type(exc).__name__}\x1b[0m: {exc}"]
+
+
+class ResumableError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+    def _render_traceback_(self) -> list[str]:
+        return _render(self)
+
+
+class OptionError(ResumableError, ValueError):
+    """An option's value is malformed (``--every 5x``, a key with ``..``)."""
+
+    def __init__(self, option: str, value: object, expected: str) -> None:
+        self.option, self.value = option, value
+        super().__init__(f"{option} {value!r} is not valid: {expected}.")
+
+
+class CellStructureError(ResumableError, ValueError):
+    """The cell is not setup, one top-level loop, then teardown."""
+
+
+class StateVariableError(ResumableError, NameError):
+    """A named state variable does not exist when the loop is about to start."""
+
+    def __init__(self, name: str, message: str) -> None:
+        self.name = name
+        super().__init__(message)
+
+
+class NotSerializableError(ResumableError, TypeError):
+    """A named variable cannot be checkpointed; ``path`` points at the offending object."""
+
+    def __init__(self, name: str, path: str, reason: str) -> None:
+        self.name, self.path, self.reason = name, path, reason
+        where = f"{path}" if path != name else "it"
+        super().__init__(
+            f"Cannot checkpoint {name!r}: dill cannot pickle {where} ({reason}). "
+            f"Name fewer variables, or make the object picklable (define __getstate__/__reduce__, "
+            f"or keep the unpicklable part outside the named state)."
+        )
+
+
+class CheckpointCorruptError(ResumableError):
+    """A checkpoint file failed its checksum or could not be parsed."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"Checkpoint file {str(path)!r} is damaged: {reason}.")
+
+
+class CheckpointFormatError(ResumableError):
+    """A checkpoint was written by an incompatible version of the on-disk format."""
+
+    def __init__(self, path: Path | str, found: object, supported: int) -> None:
+        self.path, self.found, self.supported = Path(path), found, supported
+        super().__init__(
+            f"Checkpoint {str(path)!r} uses format version {found!r}; this resumable_magic reads "
+            f"version {supported}. Open it with the version that wrote it, or start over with --fresh."
+        )
+
+
+class NoCheckpointError(ResumableError, FileNotFoundError):
+    """No readable checkpoint exists for a key."""
+
+    def __init__(self, key: str, directory: Path | str, detail: str = "") -> None:
+        self.key, self.directory = key, Path(directory)
+        extra = f" {detail}" if detail else ""
+        super().__init__(f"No readable checkpoint for key {key!r} in {str(directory)!r}.{extra}")
+
+
+class ResumeRefusedError(ResumableError, RuntimeError):
+    """Resuming would give a silently wrong result, so the run did not start."""
+
+
+class IterationMismatchError(ResumeRefusedError):
+    """The loop's items at the checkpoint's position differ from the ones the checkpoint saw."""
+
+    def __init__(self, position: int, header: str) -> None:
+        self.position = position
+        super().__init__(
+            f"Cannot resume: the loop `{header}` does not yield the same items as when the checkpoint "
+            f"was written (item {position - 1} differs), so resuming would skip the wrong items. "
+            f"Its order is not reproducible across kernel restarts (a set of strings, os.listdir(), "
+            f"a dict built from a set): iterate over sorted(...) and start over with --fresh."
+        )
+
+
+class InputsChangedError(ResumeRefusedError):
+    """Simple values the cell reads from outside changed since the checkpoint was written."""
+
+    def __init__(self, changes: Mapping[str, tuple[str, str]], finished: bool) -> None:
+        self.changes = dict(changes)
+        lines = "; ".join(f"{n}: {old} then, {new} now" for n, (old, new) in sorted(self.changes.items()))
+        what = "the finished run" if finished else "the checkpoint"
+        super().__init__(
+            f"Cannot {'replay' if finished else 'resume'}: values the cell reads changed since {what} "
+            f"was written ({lines}). Either start over with --fresh, or accept the new values and "
+            f"{'continue' if finished else 'resume'} with --accept-changes (to extend a run), or give "
+            f"each value its own checkpoint with --name."
+        )
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """The loop stopped at an iteration boundary on request (SIGINT/SIGTERM), checkpoint written."""
+
+    def __init__(self, message: str, position: int, signal_name: str) -> None:
+        self.position, self.signal_name = position, signal_name
+        super().__init__(message)
+
+    def _render_traceback_(self) -> list[str]:
+        return _render(self)
+
+
+class ResumableWarning(UserWarning):
+    """Something the user should know that does not stop the run (state that will not survive, ...)."""

@@ -1,0 +1,106 @@
+"""When is a checkpoint due? Pure logic: no I/O, no threads; the run asks and reports.
+
+Three policies:
+
+- ``every="500it"``: after every 500 completed iterations.
+- ``every="30s"`` / ``"5m"`` / ``"2h"``: when that much time has passed since the last checkpoint.
+- adaptive (no ``every``): aim for checkpoint time <= ``budget`` (2%) of loop time: after a checkpoint
+  that blocked the loop for ``c`` seconds, wait ``c / budget`` (at least ``floor``) before the next;
+  never wait longer than ``cap`` (the work the user can afford to lose). When the cap forces a higher
+  overhead than the budget, the policy says so once (:attr:`over_budget_note`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import OptionError
+
+ADAPTIVE_BUDGET = 0.02
+ADAPTIVE_FLOOR_SECONDS = 10.0
+ADAPTIVE_CAP_SECONDS = 300.0
+_UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+_SPEC_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(it|s|sec|m|min|h)\s*$")
+
+
+@dataclass(frozen=True)
+class Every:
+    """A parsed ``--every``: exactly one of ``iterations`` / ``seconds``."""
+
+    iterations: int | None = None
+    seconds: float | None = None
+
+    def __str__(self) -> str:
+        if self.iterations is not None:
+            return f"every {self.iterations}it"
+        assert self.seconds is not None
+        return f"every {self.seconds:g}s"
+
+
+def parse_every(spec: str | int | float | Every | None) -> Every | None:
+    """``"30s"``, ``"5m"``, ``"2h"``, ``"500it"`` (an int means iterations); None means adaptive."""
+    if spec is None or isinstance(spec, Every):
+        return spec
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        spec = f"{spec}it"
+    match = _SPEC_RE.match(str(spec))
+    if match:
+        value, unit = float(match.group(1)), match.group(2)
+        if unit == "it" and value == int(value) and value >= 1:
+            return Every(iterations=int(value))
+        if unit != "it" and value > 0:
+            return Every(seconds=value * _UNITS[unit])
+    raise OptionError(
+        "--every",
+        spec,
+        "use a number of iterations like '500it', or a time like '30s', '5m', '2h' (above zero)",
+    )
+
+
+class CheckpointPolicy:
+    """Decides when the next checkpoint is due. Times are monotonic seconds."""
+
+    def __init__(
+        self,
+        every: Every | None,
+        *,
+        budget: float = ADAPTIVE_BUDGET,
+        floor: float = ADAPTIVE_FLOOR_SECONDS,
+        cap: float = ADAPTIVE_CAP_SECONDS,
+    ) -> None:
+        self.every = every
+        self.budget, self.floor, self.cap = budget, floor, cap
+        self.over_budget_note: str | None = None
+        self._noted = False
+        self._interval = floor if every is None else every.seconds
+
+    def describe(self) -> str:
+        if self.every is not None:
+            return str(self.every)
+        return f"adaptive: <= {self.budget:.0%} of loop time, at most every {self.cap / 60:g} min"
+
+    @property
+    def iterations(self) -> int | None:
+        """Checkpoint after this many iterations (None: time-based)."""
+        return self.every.iterations if self.every else None
+
+    @property
+    def interval(self) -> float | None:
+        """Seconds from one checkpoint to the next (None: iteration-based)."""
+        return self._interval
+
+    def checkpoint_done(self, blocked_seconds: float) -> None:
+        """Learn from a checkpoint that blocked the loop for ``blocked_seconds``."""
+        if self.every is not None:
+            return
+        wanted = blocked_seconds / self.budget
+        self._interval = min(max(wanted, self.floor), self.cap)
+        if wanted > self.cap and not self._noted:
+            self._noted = True
+            self.over_budget_note = (
+                f"one checkpoint blocks the loop for {blocked_seconds:.1f} s, which is "
+                f"{blocked_seconds / self.cap:.1%} of the {self.cap / 60:g} min cap between checkpoints "
+                f"(the budget is {self.budget:.0%}); checkpointing anyway every {self.cap / 60:g} min. "
+                f"Pass --every with a longer interval to lower the overhead and risk more lost work."
+            )

@@ -1,0 +1,559 @@
+"""The progress model of one run, and its text view.
+
+The run (``run.py``) reports events to a :class:`ProgressModel`; views (the text line below, the
+ipywidgets view in ``widget.py``) render the model. This module imports neither IPython nor
+ipywidgets.
+
+Contract with ``run.py`` (the calls the run makes, in order, all from the loop's thread):
+
+- ``run_started(info)`` once, before the first iteration (or for a replay).
+- ``advanced(position)`` often, but at most a few times a second.
+- ``checkpoint_started(position)`` / ``checkpoint_finished(stats)`` around each checkpoint
+  (``checkpoint_failed(message)`` instead of finished when a write fails).
+- ``message(level, text)`` for banners ('info') and problems ('warning').
+- ``run_ended(outcome, detail)`` once; outcome is one of ``OUTCOMES``.
+
+Views read the model from any thread through :meth:`ProgressModel.snapshot`, an immutable
+:class:`Snapshot` with every derived number (smoothed rate, ETA, overhead share, time since the last
+checkpoint); :func:`progress_line` and :func:`summary_line` turn a snapshot into the text that the
+text view prints and that the widget uses as its ``text/plain`` representation.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TextIO
+
+__all__ = [
+    "OUTCOMES",
+    "STATES",
+    "CheckpointStats",
+    "ProgressModel",
+    "ResumeInfo",
+    "Snapshot",
+    "StartInfo",
+    "TextProgress",
+    "format_clock",
+    "format_count",
+    "format_duration",
+    "format_rate",
+    "format_size",
+    "progress_line",
+    "summary_line",
+]
+
+OUTCOMES = ("finished", "interrupted", "failed", "replayed")
+STATES = ("starting", "running", "checkpointing", *OUTCOMES)
+
+#: The rate is an exponential moving average of samples at least this many seconds long ...
+RATE_SAMPLE_SECONDS = 0.5
+#: ... with this weight for the newest sample (tqdm's default smoothing).
+RATE_SMOOTHING = 0.3
+#: How many messages a model keeps for its views.
+KEEP_MESSAGES = 5
+
+
+@dataclass(frozen=True)
+class ResumeInfo:
+    """Where a resumed run picked up."""
+
+    from_position: int
+    checkpoint_wall_time: float  # time.time() when that checkpoint was written
+    generation: int
+    redone_iterations: int | None = None  # iterations the crashed run had done past the checkpoint, if known
+    redone_seconds: float | None = None  # wall time of that lost work, if known
+
+
+@dataclass(frozen=True)
+class StartInfo:
+    """What the run knows when it starts."""
+
+    key: str
+    names: tuple[str, ...]
+    total: int | None  # iterations in all, when the iterable has a length
+    start_position: int  # iterations already done (restored)
+    policy: str  # human description of the checkpoint policy, e.g. "every 30s"
+    resumed: ResumeInfo | None = None
+    replayed: bool = False  # a finished run's final values were restored; the loop does not run
+    resumes: int | None = (
+        None  # how many times this run has been resumed in all (this one included), if known
+    )
+
+
+@dataclass(frozen=True)
+class CheckpointStats:
+    """One committed checkpoint."""
+
+    generation: int
+    position: int
+    wall_time: float  # time.time() at commit
+    nbytes: int  # bytes written for this checkpoint
+    seconds: float  # time the loop was blocked by it
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a view shows, computed at one instant (``now_wall``)."""
+
+    state: str
+    position: int
+    total: int | None
+    start_position: int
+    elapsed: float  # seconds since run_started (frozen at run_ended)
+    rate: float | None  # smoothed iterations per second
+    eta: float | None  # seconds to the end, when the total is known
+    checkpoints: int  # committed in this run
+    checkpoint_seconds: float
+    overhead: float  # checkpoint_seconds / elapsed
+    last_checkpoint: CheckpointStats | None  # newest committed in this run
+    since_checkpoint: float | None  # seconds since it was committed (or since the start when none yet)
+    failed_checkpoints: int
+    info: StartInfo | None
+    detail: str
+    messages: tuple[tuple[str, str], ...]
+    now_wall: float
+
+    @property
+    def done(self) -> int:
+        """Iterations done in this run."""
+        return self.position - self.start_position
+
+    @property
+    def fraction(self) -> float | None:
+        if not self.total:
+            return None
+        return min(max(self.position / self.total, 0.0), 1.0)
+
+    @property
+    def unsaved(self) -> int:
+        """Iterations a crash now would redo."""
+        saved = self.last_checkpoint.position if self.last_checkpoint else self.start_position
+        return max(self.position - saved, 0)
+
+    @property
+    def resumed(self) -> ResumeInfo | None:
+        return self.info.resumed if self.info else None
+
+    @property
+    def ended(self) -> bool:
+        return self.state in OUTCOMES
+
+
+class ProgressModel:
+    """Counts, rates and checkpoint statistics of one run.
+
+    Events come from the loop's thread; views read :meth:`snapshot` from any thread. ``clock``
+    (monotonic) and ``wall`` (``time.time``) are injectable for tests.
+    """
+
+    def __init__(
+        self, *, clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time
+    ) -> None:
+        self._clock, self._wall = clock, wall
+        self._lock = threading.Lock()
+        self.info: StartInfo | None = None
+        self.position = 0
+        self.state = "starting"
+        self.started_monotonic = clock()
+        self.ended_monotonic: float | None = None
+        self.checkpoints = 0
+        self.checkpoint_seconds = 0.0
+        self.failed_checkpoints = 0
+        self.last_checkpoint: CheckpointStats | None = None
+        self._last_checkpoint_monotonic: float | None = None
+        self.detail = ""
+        self.messages: list[tuple[str, str]] = []
+        # rate: EMA of samples (dn / dt) each at least RATE_SAMPLE_SECONDS long
+        self.rate: float | None = None
+        self._sample_position = 0
+        self._sample_start = self.started_monotonic
+        self._last_advance = self.started_monotonic
+
+    # -- events from the run ------------------------------------------------------------------
+    def run_started(self, info: StartInfo) -> None:
+        with self._lock:
+            self.info, self.position = info, info.start_position
+            self.state = "replayed" if info.replayed else "running"
+            now = self._clock()
+            self.started_monotonic = self._sample_start = self._last_advance = now
+            self._sample_position = info.start_position
+
+    def advanced(self, position: int) -> None:
+        now = self._clock()
+        with self._lock:
+            self.position, self._last_advance = position, now
+            dt = now - self._sample_start
+            if dt >= RATE_SAMPLE_SECONDS:
+                sample = (position - self._sample_position) / dt
+                self.rate = sample if self.rate is None else self.rate + RATE_SMOOTHING * (sample - self.rate)
+                self._sample_start, self._sample_position = now, position
+
+    def checkpoint_started(self, position: int) -> None:
+        with self._lock:
+            self.position, self.state = position, "checkpointing"
+
+    def checkpoint_finished(self, stats: CheckpointStats) -> None:
+        with self._lock:
+            self.checkpoints += 1
+            self.checkpoint_seconds += stats.seconds
+            self.last_checkpoint, self.state = stats, "running"
+            self._last_checkpoint_monotonic = self._clock()
+
+    def checkpoint_failed(self, message: str) -> None:
+        with self._lock:
+            self.state, self.detail = "running", message
+            self.failed_checkpoints += 1
+            self._add_message("warning", f"checkpoint failed: {message}")
+
+    def message(self, level: str, text: str) -> None:
+        """Banners ('info') and problems ('warning'); kept for the views (the last few)."""
+        with self._lock:
+            self._add_message(level, text)
+
+    def run_ended(self, outcome: str, detail: str = "") -> None:
+        with self._lock:
+            self.state, self.detail = outcome, detail
+            self.ended_monotonic = self._clock()
+
+    def _add_message(self, level: str, text: str) -> None:
+        self.messages.append((level, text))
+        del self.messages[:-KEEP_MESSAGES]
+
+    # -- derived ----------------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        """A consistent, immutable view of the model now (safe from any thread)."""
+        with self._lock:
+            now = self._clock() if self.ended_monotonic is None else self.ended_monotonic
+            elapsed = max(now - self.started_monotonic, 0.0)
+            total = self.info.total if self.info else None
+            start = self.info.start_position if self.info else 0
+            if self._last_checkpoint_monotonic is not None:
+                since: float | None = max(now - self._last_checkpoint_monotonic, 0.0)
+            else:
+                since = elapsed if self.info and not self.info.replayed else None
+            eta = None
+            if total is not None and self.rate and self.state not in OUTCOMES:
+                remaining = max(total - self.position, 0)
+                # count down through a slow iteration, but never below the iterations still to come
+                eta = max(
+                    remaining / self.rate - (now - self._last_advance), max(remaining - 1, 0) / self.rate
+                )
+            return Snapshot(
+                state=self.state,
+                position=self.position,
+                total=total,
+                start_position=start,
+                elapsed=elapsed,
+                rate=self.rate,
+                eta=eta,
+                checkpoints=self.checkpoints,
+                checkpoint_seconds=self.checkpoint_seconds,
+                overhead=self.checkpoint_seconds / elapsed if elapsed > 0 else 0.0,
+                last_checkpoint=self.last_checkpoint,
+                since_checkpoint=since,
+                failed_checkpoints=self.failed_checkpoints,
+                info=self.info,
+                detail=self.detail,
+                messages=tuple(self.messages),
+                now_wall=self._wall(),
+            )
+
+    @property
+    def elapsed(self) -> float:
+        return self.snapshot().elapsed
+
+    @property
+    def overhead(self) -> float:
+        """Share of the loop's wall time spent blocked by checkpoints."""
+        return self.snapshot().overhead
+
+    def summary(self) -> str:
+        """The one-line final summary."""
+        return summary_line(self.snapshot())
+
+    def line(self) -> str:
+        """The compact progress line while running, the summary once ended."""
+        snap = self.snapshot()
+        return summary_line(snap) if snap.ended else progress_line(snap)
+
+
+# -- formatting ----------------------------------------------------------------------------------
+
+
+def format_duration(seconds: float, whole: bool = False) -> str:
+    """``0.35 s``, ``4.2 s``, ``42 s``, ``3 min 05 s``, ``2 h 04 min``, ``3 d 04 h``.
+
+    ``whole``: whole seconds below a minute (``4 s``), for labels that tick every second.
+    """
+    seconds = max(seconds, 0.0)
+    if seconds < 10 and not whole:
+        return f"{seconds:.2f} s" if seconds < 1 else f"{seconds:.1f} s"
+    if seconds < 59.5:
+        return f"{int(seconds) if whole else round(seconds)} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours:02d} h"
+
+
+def format_size(nbytes: float) -> str:
+    """``512 B``, ``1.5 KiB``, ``2.0 GiB``, ``1.5 TiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(nbytes) < 1024 or unit == "TiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_count(n: int) -> str:
+    """``1,234,567``."""
+    return f"{n:,}"
+
+
+def format_rate(rate: float | None) -> str:
+    """``1,234 it/s``, ``45.6 it/s``, ``3.21 it/s``; slower than one a second: ``2.0 s/it``, ``12.5 s/it``, ``3 min 05 s/it``."""
+    if rate is None:
+        return "- it/s"
+    if rate <= 0:
+        return "0 it/s"
+    if rate >= 100:
+        return f"{rate:,.0f} it/s"
+    if rate >= 10:
+        return f"{rate:.1f} it/s"
+    if rate >= 1:
+        return f"{rate:.2f} it/s"
+    seconds = 1 / rate
+    return f"{seconds:.1f} s/it" if seconds < 59.5 else f"{format_duration(seconds)}/it"
+
+
+def format_clock(wall: float, now: float | None = None) -> str:
+    """Local wall-clock time: ``14:03:22`` today, ``2024-05-01 14:03`` on another day."""
+    then = time.localtime(wall)
+    today = time.localtime(time.time() if now is None else now)
+    if then[:3] == today[:3]:
+        return time.strftime("%H:%M:%S", then)
+    return time.strftime("%Y-%m-%d %H:%M", then)
+
+
+def _position_text(snap: Snapshot) -> str:
+    if snap.total is not None:
+        pct = f"{snap.fraction:.0%}" if snap.fraction is not None else "-"
+        return f"{pct} {format_count(snap.position)}/{format_count(snap.total)}"
+    return f"{format_count(snap.position)} it"
+
+
+def checkpoint_text(snap: Snapshot) -> str:
+    """``last checkpoint 12 s ago (14:03:22), 5 written, 12.3 MiB in 0.12 s, overhead 0.8%``."""
+    last = snap.last_checkpoint
+    if last is None:
+        if snap.resumed is not None:
+            text = f"restored checkpoint of {format_clock(snap.resumed.checkpoint_wall_time, snap.now_wall)}"
+        else:
+            text = "no checkpoint yet"
+    else:
+        ago = format_duration(snap.since_checkpoint or 0.0, whole=True)
+        text = (
+            f"last checkpoint {ago} ago ({format_clock(last.wall_time, snap.now_wall)}), "
+            f"{snap.checkpoints} written, {format_size(last.nbytes)} in {format_duration(last.seconds)}"
+        )
+    text += f", overhead {snap.overhead:.1%}"
+    if snap.failed_checkpoints:
+        text += f", {snap.failed_checkpoints} failed"
+    return text
+
+
+def resume_text(snap: Snapshot) -> str:
+    """``resumed from iteration 1,200 (checkpoint of 14:03:22), redoing 37 iterations (12 s)``, or ''."""
+    info = snap.info
+    if info is None:
+        return ""
+    if info.replayed:
+        return f"replayed a finished run from its completion record: {format_count(snap.position)} iterations, loop skipped"
+    resumed = info.resumed
+    if resumed is None:
+        return ""
+    text = (
+        f"resumed from iteration {format_count(resumed.from_position)} "
+        f"(checkpoint of {format_clock(resumed.checkpoint_wall_time, snap.now_wall)})"
+    )
+    lost = []
+    if resumed.redone_iterations is not None:
+        lost.append(f"{format_count(resumed.redone_iterations)} iterations")
+    if resumed.redone_seconds is not None:
+        lost.append(format_duration(resumed.redone_seconds))
+    if lost:
+        text += f", redoing {lost[0]}" + (f" ({lost[1]})" if len(lost) > 1 else "")
+    return text
+
+
+def progress_line(snap: Snapshot) -> str:
+    """The compact line while running:
+    ``running 45% 90,000/200,000 | 1,234 it/s | ETA 1 min 29 s | last checkpoint 12 s ago (14:03:22), ...``.
+    """
+    parts = [f"{snap.state} {_position_text(snap)}", format_rate(snap.rate)]
+    if snap.eta is not None:
+        parts.append(f"ETA {format_duration(snap.eta, whole=True)}")
+    parts.append(checkpoint_text(snap))
+    return " | ".join(parts)
+
+
+def summary_line(snap: Snapshot) -> str:
+    """The one-line final summary: outcome, iterations, wall time, checkpoints, overhead, resumes."""
+    info = snap.info
+    if info is not None and info.replayed:
+        return f"replayed: {resume_text(snap)}"
+    last = snap.last_checkpoint
+    if snap.state == "finished":
+        head = f"finished: {format_count(snap.position)} iterations"
+        if snap.start_position:
+            head += f" ({format_count(snap.done)} this run)"
+    else:
+        head = f"{snap.state} at iteration {format_count(snap.position)}"
+    text = (
+        f"{head} in {format_duration(snap.elapsed)}, {snap.checkpoints} checkpoint"
+        f"{'' if snap.checkpoints == 1 else 's'}"
+    )
+    if last is not None:
+        text += f" (last {format_size(last.nbytes)})"
+    text += f", overhead {snap.overhead:.1%}"
+    resumed = snap.resumed
+    if resumed is not None:
+        if info is not None and info.resumes and info.resumes > 1:
+            text += (
+                f", resumed {info.resumes} times, last from iteration {format_count(resumed.from_position)}"
+            )
+        else:
+            text += f", resumed from iteration {format_count(resumed.from_position)}"
+    if snap.state in ("interrupted", "failed"):
+        if last is not None:
+            kept = f"iteration {format_count(last.position)} ({format_clock(last.wall_time, snap.now_wall)})"
+        elif resumed is not None:
+            kept = (
+                f"iteration {format_count(resumed.from_position)} "
+                f"({format_clock(resumed.checkpoint_wall_time, snap.now_wall)})"
+            )
+        else:
+            kept = None
+        saved = "checkpoint saved at" if snap.state == "interrupted" else "kept checkpoint at"
+        if kept:
+            text += f"; {saved} {kept}, run the cell again to resume"
+    if snap.detail:
+        text += f": {snap.detail}" if snap.state == "failed" else f" ({snap.detail})"
+    return text
+
+
+# -- the text view -------------------------------------------------------------------------------
+
+
+class TextProgress(ProgressModel):
+    """Text view: a progress line and the final summary line.
+
+    On a terminal the line is redrawn in place (``\\r``) at most ``refresh`` times a second. In
+    captured output (a pipe, a notebook executed headless) a full line is written sparingly: after
+    ``first_line`` seconds, then at doubling intervals up to ``max_interval``. ``quiet`` shows only
+    warnings and the final summary line. Warnings go to stderr.
+    """
+
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        quiet: bool = False,
+        *,
+        refresh: float = 0.5,
+        first_line: float = 10.0,
+        max_interval: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        err_stream: TextIO | None = None,
+    ) -> None:
+        super().__init__(clock=clock, wall=wall)
+        self._stream, self._err = stream, err_stream
+        self._quiet = quiet
+        self._refresh, self._interval, self._max_interval = refresh, first_line, max_interval
+        self._next_draw = self.started_monotonic
+        self._drawn = 0  # width of the line on the terminal (0: none drawn)
+        self._tty: bool | None = None
+
+    @property
+    def stream(self) -> TextIO:
+        return self._stream or sys.stdout
+
+    @property
+    def err_stream(self) -> TextIO:
+        return self._err or sys.stderr
+
+    def _is_tty(self) -> bool:
+        if self._tty is None:
+            try:
+                self._tty = bool(self.stream.isatty())
+            except (AttributeError, ValueError):
+                self._tty = False
+        return self._tty
+
+    def _clear(self) -> None:
+        if self._drawn:
+            self.stream.write("\r" + " " * self._drawn + "\r")
+            self._drawn = 0
+
+    def _maybe_draw(self, force: bool = False) -> None:
+        if self._quiet:
+            return
+        now = self._clock()
+        if not force and now < self._next_draw:
+            return
+        line = progress_line(self.snapshot())
+        if self._is_tty():
+            self.stream.write("\r" + line + " " * max(self._drawn - len(line), 0))
+            self._drawn = len(line)
+            self._next_draw = now + self._refresh
+        else:
+            self.stream.write(line + "\n")
+            self._next_draw = now + self._interval
+            self._interval = min(self._interval * 2, self._max_interval)
+        self.stream.flush()
+
+    def run_started(self, info: StartInfo) -> None:
+        super().run_started(info)
+        if self._is_tty():
+            self._next_draw = self.started_monotonic  # first draw at once
+        else:
+            self._next_draw = self.started_monotonic + self._interval
+            self._interval = min(self._interval * 2, self._max_interval)
+
+    def advanced(self, position: int) -> None:
+        super().advanced(position)
+        if self._clock() >= self._next_draw:
+            self._maybe_draw()
+
+    def checkpoint_finished(self, stats: CheckpointStats) -> None:
+        super().checkpoint_finished(stats)
+        self._maybe_draw()
+
+    def checkpoint_failed(self, message: str) -> None:
+        super().checkpoint_failed(message)
+        self._clear()
+        print(f"resumable: checkpoint failed: {message}", file=self.err_stream, flush=True)
+
+    def message(self, level: str, text: str) -> None:
+        super().message(level, text)
+        if level == "info" and self._quiet:
+            return
+        self._clear()
+        if level == "info":
+            print(text, file=self.stream, flush=True)
+        else:
+            self.stream.flush()
+            print(f"resumable: {text}", file=self.err_stream, flush=True)
+
+    def run_ended(self, outcome: str, detail: str = "") -> None:
+        super().run_ended(outcome, detail)
+        self._clear()
+        print(self.summary(), file=self.stream, flush=True)

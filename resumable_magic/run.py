@@ -1,0 +1,582 @@
+"""One resumable run of a loop: open, check, restore, iterate with checkpoints, finish.
+
+Plain Python, no IPython: the ``%%resumable`` magic is a thin layer over :class:`Resumable`, and
+scripts use it directly::
+
+    state = {"todo": list(range(1000)), "done": []}
+    with Resumable("drain", state, dir="ckpt", every="5s") as run:
+        while run.tick() and state["todo"]:
+            state["done"].append(work(state["todo"].pop()))
+
+``Resumable(key, namespace, names)`` checkpoints ``namespace[name]`` for each name (all keys of the
+namespace when ``names`` is omitted) together with the global RNG states.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
+from datetime import datetime
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from . import rng
+from .errors import (
+    InputsChangedError,
+    IterationMismatchError,
+    NotSerializableError,
+    ResumableError,
+    RunInterrupted,
+    StateVariableError,
+)
+from .policy import CheckpointPolicy, Every, parse_every
+from .progress import CheckpointStats, ProgressModel, ResumeInfo, StartInfo, TextProgress, format_duration
+from .serialize import dumps_state, loads_state
+from .store import Checkpoint, RunStore, crash_point, digest
+
+__all__ = ["Resumable", "default_directory", "fingerprint_inputs", "load"]
+
+_RNG_KEY = "__resumable_rng__"
+_TICK_SECONDS = 0.25  # how often the timer thread wakes the loop's boundary check
+_HEARTBEAT_SECONDS = 5.0
+_SIMPLE = (bool, int, float, complex, str, bytes, type(None))
+_MAX_INPUT_REPR = 1000
+_MISSING = object()  # "no item": a checkpoint not taken at a for-loop boundary
+
+
+def default_directory() -> Path:
+    """``$RESUMABLE_DIR``, else ``.resumable`` in the current working directory."""
+    return Path(os.environ.get("RESUMABLE_DIR") or ".resumable")
+
+
+def _is_simple(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, _SIMPLE):
+        return True
+    if isinstance(value, (tuple, frozenset)) and len(value) <= 32 and depth < 2:
+        return all(_is_simple(v, depth + 1) for v in value)
+    return False
+
+
+def fingerprint_inputs(values: Mapping[str, Any]) -> dict[str, str]:
+    """The simple values (numbers, strings, small tuples) among ``values``, as comparable reprs."""
+    found = {}
+    for name, value in values.items():
+        if _is_simple(value):
+            text = repr(value)
+            if len(text) <= _MAX_INPUT_REPR:
+                found[name] = text
+    return found
+
+
+def _item_fingerprint(item: Any) -> str:
+    if _is_simple(item):
+        return digest(repr(item).encode())
+    try:
+        return digest(pickle.dumps(item, protocol=5))
+    except Exception:
+        return f"type:{type(item).__module__}.{type(item).__qualname__}"
+
+
+def _when(wall_time: float) -> str:
+    ago = format_duration(max(0.0, time.time() - wall_time))
+    return f"{datetime.fromtimestamp(wall_time).strftime('%Y-%m-%d %H:%M:%S')}, {ago} ago"
+
+
+def _versions() -> dict[str, str]:
+    import dill
+
+    from . import __version__
+
+    return {"python": sys.version.split()[0], "dill": dill.__version__, "resumable_magic": __version__}
+
+
+class Resumable:
+    """A resumable loop over checkpointed state.
+
+    Args:
+        key: the run's name; its checkpoints live in ``directory/key`` (``/`` makes sub-folders).
+        namespace: where the state variables live (a notebook's globals, or a plain dict).
+        names: the state variables to checkpoint (default: every key of ``namespace``).
+        dir: the checkpoint folder (default :func:`default_directory`).
+        every: ``"30s"``, ``"5m"``, ``"2h"`` or ``"500it"``; None for the adaptive policy.
+        fresh: ignore existing checkpoints and start over.
+        accept_changes: resume (or continue a finished run) even if ``inputs`` changed.
+        inputs: values the loop depends on (parameters); a resume refuses if they changed.
+        code: the loop's source, to warn when it changed since the checkpoint.
+        progress: the progress model/view to report to (default: text on stdout).
+        header: how to name the loop in messages (e.g. its first line).
+        final_names: extra names saved with the final checkpoint only (a ``for`` loop's target).
+    """
+
+    def __init__(
+        self,
+        key: str,
+        namespace: MutableMapping[str, Any],
+        names: Sequence[str] | None = None,
+        *,
+        dir: str | os.PathLike[str] | None = None,
+        every: str | int | Every | None = None,
+        fresh: bool = False,
+        accept_changes: bool = False,
+        inputs: Mapping[str, Any] | None = None,
+        code: str | None = None,
+        progress: ProgressModel | None = None,
+        header: str = "loop",
+        final_names: Sequence[str] = (),
+    ) -> None:
+        self.key = key
+        self.namespace = namespace
+        self.names = tuple(names) if names is not None else tuple(namespace)
+        self.store = RunStore(dir if dir is not None else default_directory(), key)
+        self.policy = CheckpointPolicy(parse_every(every))
+        self.fresh, self.accept_changes = fresh, accept_changes
+        self.inputs = fingerprint_inputs(inputs or {})
+        self.code = code
+        self.progress = progress if progress is not None else TextProgress()
+        self.header = header
+        self.final_names = tuple(n for n in final_names if n not in self.names)
+
+        self.position = 0  # completed iterations
+        self.total: int | None = None
+        self.replayed = False  # a finished run was restored; the loop must not run
+        self._checkpoint: Checkpoint | None = None  # what open() found to resume from
+        self._done_record: dict[str, Any] | None = None
+        self._last_generation: int | None = None
+        self._last_position = 0
+        self._last_time = time.monotonic()
+        self._next_at = -1  # position of the next iteration-policy checkpoint (-1: none)
+        self._wake = [False]  # set by the timer thread and signal handlers; read at every boundary
+        self._next_report = 0.0
+        self._next_heartbeat = 0.0
+        self._stop_signal: int | None = None
+        self._sigterm_pending = False
+        self._saved_handlers: dict[int, Any] = {}
+        self._ticker: threading.Thread | None = None
+        self._ticker_stop = threading.Event()
+        self._first_tick = True
+        self._iterator: Iterator[Any] | None = None
+        self._opened = self._restored = self._prepared = False
+        self._ended = False
+
+    # -- the script API ---------------------------------------------------------------------------
+    def __enter__(self) -> Resumable:
+        self.open()
+        self.restore()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc is None:
+            self.finish()
+        self.close(exc)
+
+    def iterate(self, iterable: Iterable[Any]) -> Iterator[Any]:
+        """Iterate over ``iterable``, skipping what was done before the crash, checkpointing as due."""
+        if self.replayed:
+            return iter(())
+        self._iterator = self._boundaries(iterable if self._prepared else self.prepare(iterable))  # type: ignore[arg-type]
+        return self._iterator
+
+    def tick(self) -> bool:
+        """Call once per ``while`` iteration, before the condition: ``while run.tick() and cond:``."""
+        if self._first_tick:
+            self._first_tick = False
+            return not self.replayed
+        self.position += 1
+        if self._wake[0] or self.position == self._next_at:
+            self._boundary(_MISSING)
+        return True
+
+    # -- steps, in order ----------------------------------------------------------------------------
+    def open(self) -> None:
+        """Find the newest good checkpoint and decide resume / replay / fresh; change nothing yet.
+
+        Raises before anything runs when resuming would be wrong (inputs changed) or impossible.
+        """
+        self._opened = True
+        self.store.ensure()
+        self.store.clean_temporaries()
+        result = self.store.read_latest()
+        for problem in result.problems:
+            self._warn(f"{problem} It is ignored; an older checkpoint is used if there is one.")
+        checkpoint = result.checkpoint
+        if result.problems and checkpoint is None:
+            self._warn("No readable checkpoint is left for this run, so it starts from the beginning.")
+        self._last_generation = checkpoint.generation if checkpoint else None
+        if checkpoint is None or self.fresh:
+            return
+        done = self.store.finished(checkpoint.generation)
+        self._check_inputs(checkpoint, finished=done is not None)
+        self._check_code(checkpoint, finished=done is not None)
+        self._checkpoint, self._done_record = checkpoint, done
+        self.replayed = done is not None and not self.accept_changes
+        self.position = self._last_position = checkpoint.position
+        missing = [n for n in self.names if n not in checkpoint.manifest.get("names", [])]
+        if missing:
+            self._warn(
+                f"{_quote(missing)} {'is' if len(missing) == 1 else 'are'} not in the checkpoint (named "
+                f"since it was written) and keep{'s' if len(missing) == 1 else ''} the value setup gave."
+            )
+
+    def prepare(self, iterable: Iterable[Any]) -> Iterator[Any]:
+        """An iterator over ``iterable`` advanced past the completed iterations, with the item at the
+        checkpoint's position checked against the one the checkpoint saw. Runs before :meth:`restore`,
+        so a refusal leaves the namespace untouched and a generator that draws random numbers draws
+        them from the same RNG state as the uninterrupted run did."""
+        self._prepared = True
+        with contextlib.suppress(TypeError):
+            self.total = len(iterable)  # type: ignore[arg-type]
+        iterator = iter(iterable)
+        skip = self.position if self._checkpoint is not None else 0
+        if skip == 0 or self.replayed:
+            return iterator
+        last: Any = _MISSING
+        if isinstance(iterable, (list, tuple, range)) and hasattr(iterator, "__setstate__"):
+            if len(iterable) >= skip:
+                last = iterable[skip - 1]
+                iterator.__setstate__(skip)
+        else:
+            deque(islice(iterator, skip - 1), maxlen=0)
+            last = next(iterator, _MISSING)
+        expected = self._checkpoint.manifest.get("item") if self._checkpoint else None
+        if last is _MISSING or (expected is not None and _item_fingerprint(last) != expected):
+            raise IterationMismatchError(skip, self.header)
+        return iterator
+
+    def restore(self) -> None:
+        """Put the checkpoint's variables and RNG states in place (or write the first checkpoint)."""
+        self._restored = True
+        checkpoint = self._checkpoint
+        if checkpoint is None:
+            self._require_names()
+            self._install_signal_handlers()
+            self._start_ticker()
+            self.progress.run_started(self._start_info(None))
+            self._take_checkpoint(_MISSING, first=True)
+            return
+        try:
+            payload = loads_state(checkpoint.state)
+        except Exception as exc:
+            raise ResumableError(
+                f"The checkpoint of {self.key!r} (generation {checkpoint.generation}, iteration "
+                f"{checkpoint.position:,}) verified but could not be loaded: {type(exc).__name__}: {exc}. "
+                f"Nothing was changed. Make what it needs importable, or start over with --fresh."
+            ) from None
+        rng_states = payload.pop(_RNG_KEY, {})
+        names = self.names + (self.final_names if self.replayed else ())
+        self.namespace.update({n: payload[n] for n in names if n in payload})
+        rng.restore(rng_states)
+        if self.replayed:
+            self._report_replay(checkpoint)
+            return
+        resumed = self._resume_info(checkpoint)
+        self._install_signal_handlers()
+        self._start_ticker()
+        self._last_time = time.monotonic()
+        self.progress.run_started(self._start_info(resumed))
+        self._report_resume(checkpoint, resumed)
+
+    def finish(self) -> None:
+        """The loop ended normally (also by ``break``): write the final checkpoint and the DONE record."""
+        if self.replayed or self._ended:
+            return
+        self._stop_ticker()
+        if self._iterator is not None:
+            self._iterator.close()  # syncs self.position after a `break`
+        generation = self._take_checkpoint(_MISSING, final=True)
+        self.store.mark_finished(generation, {"finished": time.time(), "position": self.position})
+        self._ended = True
+        self.progress.run_ended("finished")
+
+    def close(self, exc: BaseException | None = None) -> None:
+        """Stop the timer thread and signal handlers; report how the run ended. Always call it."""
+        self._stop_ticker()
+        self._restore_signal_handlers()
+        if not self._ended and not self.replayed:
+            self._ended = True
+            if isinstance(exc, RunInterrupted):
+                self.progress.run_ended("interrupted", str(exc))
+            elif exc is not None:
+                kept = (
+                    f"the checkpoint at iteration {self._last_position:,} is kept: run again to resume from it"
+                    if self._last_generation is not None
+                    else "no checkpoint was written"
+                )
+                last_line = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+                self.progress.run_ended("failed", f"{last_line}; {kept}")
+        if self._sigterm_pending:
+            # The process was asked to terminate; now that the checkpoint is safe, let it.
+            self._sigterm_pending = False
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    # -- boundaries and checkpoints --------------------------------------------------------------------
+    def _boundaries(self, iterator: Iterator[Any]) -> Iterator[Any]:
+        # The hot path: one local increment and one flag test per iteration; everything else happens
+        # in _boundary, reached only when the timer thread, a signal or the iteration policy asks.
+        position = self.position
+        wake = self._wake
+        try:
+            for item in iterator:
+                yield item
+                position += 1
+                if wake[0] or position == self._next_at:
+                    self.position = position
+                    self._boundary(item)
+        finally:
+            # Also on close() after a `break`: the count of iterations whose boundary was reached.
+            self.position = position
+
+    def _boundary(self, item: Any) -> None:
+        self._wake[0] = False
+        now = time.monotonic()
+        if self._stop_signal is not None:
+            self._take_checkpoint(item)
+            name = signal.Signals(self._stop_signal).name
+            raise RunInterrupted(
+                f"Stopped by {name} after iteration {self.position:,}; checkpoint saved. "
+                f"Run the cell again to resume.",
+                self.position,
+                name,
+            )
+        interval, iterations = self.policy.interval, self.policy.iterations
+        if (interval is not None and now - self._last_time >= interval) or (
+            iterations is not None and self.position - self._last_position >= iterations
+        ):
+            self._take_checkpoint(item)
+        elif now >= self._next_report:
+            self._next_report = now + _TICK_SECONDS
+            self.progress.advanced(self.position)
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + _HEARTBEAT_SECONDS
+            self.store.write_heartbeat(self.position)
+
+    def _take_checkpoint(self, item: Any = None, *, first: bool = False, final: bool = False) -> int:
+        position = self.position
+        self.progress.checkpoint_started(position)
+        started = time.monotonic()
+        names = self.names + (self.final_names if final else ())
+        state = {n: self.namespace[n] for n in names if n in self.namespace or n not in self.final_names}
+        state[_RNG_KEY] = rng.capture()
+        try:
+            data = dumps_state(state)
+        except NotSerializableError:
+            if not final or not self.final_names:
+                raise
+            data = dumps_state({n: v for n, v in state.items() if n not in self.final_names})
+        crash_point("serialized")
+        manifest: dict[str, Any] = {
+            "created": time.time(),
+            "position": position,
+            "total": self.total,
+            "names": [n for n in names if n in state],
+            "item": _item_fingerprint(item) if item is not _MISSING else None,
+            "inputs": self.inputs,
+            "code": self.code,
+            "code_digest": digest(self.code.encode()) if self.code is not None else None,
+            "header": self.header,
+            "final": final,
+            "versions": _versions(),
+        }
+        try:
+            blob, written = self.store.put_blob(data)
+            manifest["state"] = {"digest": blob, "size": len(data)}
+            generation = self.store.commit(manifest, keep=self._last_generation)
+        except OSError as exc:
+            if first or final:
+                raise
+            self.progress.checkpoint_failed(f"checkpoint at iteration {position:,} failed: {exc}")
+            self._warn(
+                f"The checkpoint at iteration {position:,} could not be written ({exc}); the loop goes "
+                f"on and the previous checkpoint (iteration {self._last_position:,}) stays."
+            )
+            self._last_time = time.monotonic()
+            return self._last_generation or 0
+        blocked = time.monotonic() - started
+        self._last_generation, self._last_position, self._last_time = generation, position, time.monotonic()
+        if self.policy.iterations:
+            self._next_at = position + self.policy.iterations
+        self.policy.checkpoint_done(blocked)
+        if self.policy.over_budget_note:
+            self._warn(self.policy.over_budget_note)
+            self.policy.over_budget_note = None
+        self.progress.checkpoint_finished(
+            CheckpointStats(generation, position, manifest["created"], written, blocked)
+        )
+        return generation
+
+    # -- checks ---------------------------------------------------------------------------------------
+    def _require_names(self) -> None:
+        for name in self.names:
+            if name not in self.namespace:
+                close = difflib.get_close_matches(
+                    name, [k for k in self.namespace if not k.startswith("_")], 1
+                )
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise StateVariableError(
+                    name,
+                    f"State variable {name!r} is not defined when the loop starts: assign it before the "
+                    f"loop (in the cell's setup or an earlier cell), or remove it from the names.{hint}",
+                )
+
+    def _check_inputs(self, checkpoint: Checkpoint, *, finished: bool) -> None:
+        before: dict[str, str] = checkpoint.manifest.get("inputs") or {}
+        changes = {
+            name: (old, self.inputs.get(name, "undefined"))
+            for name, old in before.items()
+            if self.inputs.get(name, "undefined") != old
+        }
+        if changes and not self.accept_changes:
+            raise InputsChangedError(changes, finished)
+        if changes:
+            self._info(
+                "Accepted changed inputs: "
+                + "; ".join(f"{n}: {old} -> {new}" for n, (old, new) in sorted(changes.items()))
+            )
+
+    def _check_code(self, checkpoint: Checkpoint, *, finished: bool) -> None:
+        old = checkpoint.manifest.get("code")
+        if self.code is None or old is None or old == self.code:
+            return
+        diff = [
+            line
+            for line in difflib.unified_diff(old.splitlines(), self.code.splitlines(), lineterm="", n=0)
+            if line[:1] in "+-" and not line.startswith(("+++", "---"))
+        ]
+        shown = "\n    ".join(diff[:8]) + ("\n    ..." if len(diff) > 8 else "")
+        then = "replaying the finished run's result" if finished else "resuming with the new code"
+        self._warn(
+            f"the cell's code changed since the checkpoint was written ({_when(checkpoint.created)}); "
+            f"{then}. Changes:\n    {shown}\n  Use --fresh to start over with the new code."
+        )
+
+    # -- reporting ----------------------------------------------------------------------------------------
+    def _info(self, text: str) -> None:
+        self.progress.message("info", text)
+
+    def _warn(self, text: str) -> None:
+        self.progress.message("warning", text)
+
+    def _start_info(self, resumed: ResumeInfo | None) -> StartInfo:
+        return StartInfo(
+            key=self.key,
+            names=self.names,
+            total=self.total,
+            start_position=self.position,
+            policy=self.policy.describe(),
+            resumed=resumed,
+            replayed=self.replayed,
+        )
+
+    def _resume_info(self, checkpoint: Checkpoint) -> ResumeInfo:
+        beat = self.store.read_heartbeat() or {}
+        reached, seen = beat.get("position"), beat.get("time")
+        redone = redone_seconds = None
+        if isinstance(reached, int) and isinstance(seen, (int, float)) and reached > checkpoint.position:
+            redone, redone_seconds = reached - checkpoint.position, max(0.0, seen - checkpoint.created)
+        return ResumeInfo(
+            checkpoint.position, checkpoint.created, checkpoint.generation, redone, redone_seconds
+        )
+
+    def _report_resume(self, checkpoint: Checkpoint, resumed: ResumeInfo) -> None:
+        of = f" of {self.total:,}" if self.total is not None else ""
+        text = (
+            f"Resumed {', '.join(self.names)} from the checkpoint at iteration {checkpoint.position:,}{of} "
+            f"(written {_when(checkpoint.created)})."
+        )
+        if resumed.redone_iterations:
+            text += (
+                f" Redoing the work after it: the interrupted run had reached iteration "
+                f"{checkpoint.position + resumed.redone_iterations:,} ({resumed.redone_iterations:,} "
+                f"iterations, about {format_duration(resumed.redone_seconds or 0)} of work)."
+            )
+        else:
+            text += " Work done after that checkpoint, if any, is redone."
+        self._info(text)
+
+    def _report_replay(self, checkpoint: Checkpoint) -> None:
+        finished_at = (self._done_record or {}).get("finished", checkpoint.created)
+        restored = ", ".join(n for n in self.names + self.final_names if n in self.namespace)
+        self.progress.run_started(self._start_info(None))
+        self._info(
+            f"Replayed the finished run {self.key!r} (finished {_when(finished_at)} after "
+            f"{checkpoint.position:,} iterations): restored {restored}; the loop was skipped. "
+            f"Use --fresh to run it again."
+        )
+        self.progress.run_ended("replayed")
+
+    # -- signals and the timer thread -----------------------------------------------------------------
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread; Ctrl-C then stops at once
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError, OSError):
+                self._saved_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def _restore_signal_handlers(self) -> None:
+        for signum, handler in self._saved_handlers.items():
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._saved_handlers.clear()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGTERM:
+            # SIGTERM never escalates: in Jupyter's shutdown sequence it follows the SIGINT.
+            self._sigterm_pending = True
+            if self._stop_signal is None:
+                self._stop_signal = signum
+                self._wake[0] = True
+            return
+        if self._stop_signal is not None:
+            raise KeyboardInterrupt("second interrupt: stopped at once; the last checkpoint stays")
+        self._stop_signal = signum
+        self._wake[0] = True
+        self.progress.message(
+            "info",
+            "Interrupt received: finishing this iteration, then saving a checkpoint (interrupt again to stop now).",
+        )
+
+    def _start_ticker(self) -> None:
+        if self._ticker is not None:
+            return
+        self._ticker_stop.clear()
+        self._ticker = threading.Thread(target=self._tick_forever, name="resumable-ticker", daemon=True)
+        self._ticker.start()
+
+    def _tick_forever(self) -> None:
+        while not self._ticker_stop.wait(_TICK_SECONDS):
+            self._wake[0] = True
+
+    def _stop_ticker(self) -> None:
+        if self._ticker is not None:
+            self._ticker_stop.set()
+            self._ticker.join()
+            self._ticker = None
+
+
+def _quote(names: Iterable[str]) -> str:
+    return ", ".join(repr(n) for n in names)
+
+
+def load(key: str, dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The variables saved by the newest good checkpoint of run ``key``, as a dict.
+
+    For scripts and other notebooks: ``load("train", dir=".resumable")["model"]``.
+    """
+    from .errors import NoCheckpointError
+
+    store = RunStore(dir if dir is not None else default_directory(), key)
+    result = store.read_latest()
+    if result.checkpoint is None:
+        detail = " ".join(str(p) for p in result.problems)
+        raise NoCheckpointError(key, store.directory, detail)
+    payload = loads_state(result.checkpoint.state)
+    payload.pop(_RNG_KEY, None)
+    return payload

@@ -1,0 +1,349 @@
+"""The on-disk format of one run's checkpoints: content-addressed blobs, numbered manifests, a DONE record.
+
+::
+
+    <dir>/<key>/
+      objects/<xxh3_128 hex>    pickled state; the name is the checksum
+      manifest.<gen>.json       position, fingerprints, metadata, the state blob's digest; self-checksummed
+      DONE                      completion record: names the final generation; self-checksummed
+      heartbeat.json            best-effort progress of the live run (not a checkpoint)
+
+A checkpoint exists once its manifest is renamed into place and the directory is fsynced: every file
+is written to a temporary name, flushed, fsynced, then atomically renamed, so a crash at any point
+leaves the previous checkpoint intact. Readers take the newest manifest that verifies (its own
+checksum and its blob's) and fall back to older ones, reporting what was damaged. After a commit,
+only the new generation and the one before it are kept. The store knows bytes and files, not loops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from .errors import CheckpointCorruptError, CheckpointFormatError, OptionError
+
+FORMAT_VERSION = 1
+DIGEST_ALGORITHM = "xxh3_128"
+_MANIFEST_RE = re.compile(r"^manifest\.(\d+)\.json$")
+_TMP_PREFIX = ".tmp-"
+_KEY_PART_RE = re.compile(r"[^A-Za-z0-9._=,+@-]")
+
+
+def digest(data: bytes | memoryview) -> str:
+    """Hex digest used for blob names and checksums."""
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+# -- test-only crash points ------------------------------------------------------------------------
+# RESUMABLE_CRASH_AT="<step>:<n>" SIGKILLs this process the n-th time it reaches <step>, so that
+# tests can crash a real kernel at an exact point of a commit.
+_crash_spec = os.environ.get("RESUMABLE_CRASH_AT", "")
+_crash_counts: dict[str, int] = {}
+CRASH_STEPS = ("serialized", "blob-written", "blob-synced", "manifest-written", "manifest-renamed")
+
+
+def _crash_point(step: str) -> None:
+    if not _crash_spec:
+        return
+    target, _, nth = _crash_spec.partition(":")
+    if target != step:
+        return
+    _crash_counts[step] = _crash_counts.get(step, 0) + 1
+    if _crash_counts[step] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def crash_point(step: str) -> None:
+    """Public hook for the serializer's step (``serialized``); a no-op unless the test env var is set."""
+    _crash_point(step)
+
+
+# -- atomic files ----------------------------------------------------------------------------------
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes, steps: tuple[str, str] | None = None) -> None:
+    """tmp -> write -> fsync -> rename over ``path``. The caller fsyncs the directory."""
+    tmp = path.with_name(f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if steps:
+                _crash_point(steps[0])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if steps:
+            _crash_point(steps[1])
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _canonical(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _sealed(record: dict[str, Any]) -> bytes:
+    """JSON with a checksum over its canonical form, so a torn or edited record is detected."""
+    body = {k: v for k, v in record.items() if k != "checksum"}
+    return json.dumps({**body, "checksum": digest(_canonical(body))}, indent=1, ensure_ascii=False).encode()
+
+
+def _unseal(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointCorruptError(path, f"cannot be read ({exc.strerror})") from None
+    if not raw:
+        raise CheckpointCorruptError(path, "the file is empty")
+    try:
+        record = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise CheckpointCorruptError(path, "it is not valid JSON (torn or overwritten)") from None
+    if not isinstance(record, dict) or not isinstance(record.get("checksum"), str):
+        raise CheckpointCorruptError(path, "it has no checksum")
+    body = {k: v for k, v in record.items() if k != "checksum"}
+    if digest(_canonical(body)) != record["checksum"]:
+        raise CheckpointCorruptError(path, "its checksum does not match its content")
+    version = record.get("format")
+    if version != FORMAT_VERSION:
+        raise CheckpointFormatError(path, version, FORMAT_VERSION)
+    return body
+
+
+# -- keys ------------------------------------------------------------------------------------------
+
+
+def key_to_relpath(key: str) -> Path:
+    """A run key (``sweep/lr=0.01``) as a safe relative path; characters outside a small set become ``_``."""
+    parts = [p for p in key.strip().split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise OptionError("--name", key, "a key is one or more '/'-separated names, none of them '.' or '..'")
+    return Path(*(_KEY_PART_RE.sub("_", p)[:120] for p in parts))
+
+
+# -- one run's checkpoints ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A committed, verified checkpoint: its manifest and (when loaded) its state bytes."""
+
+    generation: int
+    manifest: dict[str, Any]
+    state: bytes = field(repr=False, default=b"")
+
+    @property
+    def position(self) -> int:
+        return int(self.manifest["position"])
+
+    @property
+    def created(self) -> float:
+        return float(self.manifest["created"])
+
+
+@dataclass
+class ReadResult:
+    """The newest good checkpoint (or None) and the damage found on the way to it."""
+
+    checkpoint: Checkpoint | None
+    problems: list[CheckpointCorruptError]
+
+
+class RunStore:
+    """The checkpoints of one run: ``<directory>/<key>/``."""
+
+    def __init__(self, directory: str | os.PathLike[str], key: str) -> None:
+        self.directory = Path(directory)
+        self.key = key
+        self.path = self.directory / key_to_relpath(key)
+        self.objects = self.path / "objects"
+
+    # -- writing ------------------------------------------------------------------------------------
+    def ensure(self) -> None:
+        """Create the run's directories (private to the user)."""
+        for path in (self.directory, self.path, self.objects):
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def put_blob(self, data: bytes) -> tuple[str, int]:
+        """Store ``data`` under its digest; return (digest, bytes written: 0 when it was already there)."""
+        name = digest(data)
+        target = self.objects / name
+        if target.exists():
+            try:
+                if target.stat().st_size == len(data) and digest(target.read_bytes()) == name:
+                    return name, 0
+            except OSError:
+                pass
+        _write_atomic(target, data, steps=("blob-written", "blob-synced"))
+        return name, len(data)
+
+    def commit(self, manifest: dict[str, Any], keep: int | None = None) -> int:
+        """Write the manifest as the next generation, durably; then drop all but it and ``keep``.
+
+        Returns the new generation number.
+        """
+        _fsync_dir(self.objects)  # blob renames are durable before any manifest names them
+        generation = max(self._generations(), default=0) + 1
+        record = {**manifest, "format": FORMAT_VERSION, "generation": generation, "key": self.key}
+        _write_atomic(
+            self._manifest_path(generation), _sealed(record), steps=("manifest-written", "manifest-renamed")
+        )
+        _fsync_dir(self.path)
+        self._collect(keep={generation, keep} - {None})
+        return generation
+
+    def mark_finished(self, generation: int, record: dict[str, Any]) -> None:
+        """Write the completion record naming the final generation."""
+        body = {**record, "format": FORMAT_VERSION, "generation": generation, "key": self.key}
+        _write_atomic(self.path / "DONE", _sealed(body))
+        _fsync_dir(self.path)
+
+    def write_heartbeat(self, position: int) -> None:
+        """Best-effort note of how far the live run got (no fsync: it only has to survive a process crash)."""
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "position": position, "time": time.time()}
+        with contextlib.suppress(OSError):
+            _write_atomic_nosync(self.path / "heartbeat.json", json.dumps(record).encode())
+
+    def clean_temporaries(self) -> None:
+        """Remove temporary files left by writers that are gone (a crash mid-write)."""
+        for folder in (self.path, self.objects):
+            for tmp in _listdir(folder):
+                if tmp.startswith(_TMP_PREFIX) and not _pid_alive_other(tmp):
+                    with contextlib.suppress(OSError):
+                        os.unlink(folder / tmp)
+
+    # -- reading ------------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return any(True for _ in self._generations())
+
+    def read_latest(self) -> ReadResult:
+        """The newest checkpoint whose manifest and blob verify, with the state bytes loaded."""
+        problems: list[CheckpointCorruptError] = []
+        for generation in sorted(self._generations(), reverse=True):
+            try:
+                manifest = _unseal(self._manifest_path(generation))
+                state = self.read_blob(manifest["state"]["digest"])
+            except CheckpointCorruptError as exc:
+                problems.append(exc)
+                continue
+            return ReadResult(Checkpoint(generation, manifest, state), problems)
+        return ReadResult(None, problems)
+
+    def read_blob(self, name: str) -> bytes:
+        path = self.objects / str(name)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise CheckpointCorruptError(path, "it is missing") from None
+        except OSError as exc:
+            raise CheckpointCorruptError(path, f"cannot be read ({exc.strerror})") from None
+        if digest(data) != name:
+            raise CheckpointCorruptError(path, "its checksum does not match its content")
+        return data
+
+    def finished(self, latest_generation: int | None) -> dict[str, Any] | None:
+        """The completion record, if it names the newest good generation (a newer run makes it stale)."""
+        path = self.path / "DONE"
+        if not path.exists():
+            return None
+        record = _unseal(path)
+        return record if record.get("generation") == latest_generation else None
+
+    def read_heartbeat(self) -> dict[str, Any] | None:
+        try:
+            record = json.loads((self.path / "heartbeat.json").read_bytes())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    # -- internals ----------------------------------------------------------------------------------
+    def _manifest_path(self, generation: int) -> Path:
+        return self.path / f"manifest.{generation:08d}.json"
+
+    def _generations(self) -> Iterable[int]:
+        for name in _listdir(self.path):
+            match = _MANIFEST_RE.match(name)
+            if match:
+                yield int(match.group(1))
+
+    def _collect(self, keep: set[int]) -> None:
+        """Delete manifests not in ``keep`` (older ones only) and blobs no kept manifest names."""
+        newest = max(keep)
+        referenced: set[str] = set()
+        for generation in self._generations():
+            path = self._manifest_path(generation)
+            if generation in keep:
+                with contextlib.suppress(CheckpointCorruptError, KeyError, TypeError):
+                    referenced.add(_unseal(path)["state"]["digest"])
+            elif generation < newest:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+        for name in _listdir(self.objects):
+            if not name.startswith(_TMP_PREFIX) and name not in referenced:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.objects / name)
+        done = self.path / "DONE"
+        if done.exists():
+            try:
+                stale = _unseal(done).get("generation") not in keep
+            except (CheckpointCorruptError, CheckpointFormatError):
+                stale = True
+            if stale:
+                with contextlib.suppress(OSError):
+                    os.unlink(done)
+
+
+def _write_atomic_nosync(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f"{_TMP_PREFIX}{os.getpid()}-hb")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _listdir(path: Path) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def _pid_alive_other(tmp_name: str) -> bool:
+    """True when the temp file belongs to another live process on this host (it may still be writing)."""
+    try:
+        pid = int(tmp_name[len(_TMP_PREFIX) :].split("-", 1)[0])
+    except ValueError:
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
