@@ -16,7 +16,6 @@ from typing import Any
 from .cellsplit import (
     LOOP_VAR,
     TICK_VAR,
-    bound_names,
     compile_block,
     compile_display,
     compile_iterable,
@@ -67,10 +66,10 @@ def run_cell(
         header=plan.header,
         final_names=plan.target_names,
     )
-    defined = bound_names(plan.setup) | {
+    existing = {
         k for k, v in namespace.items() if not k.startswith("_") and not isinstance(v, types.ModuleType)
     }
-    changed = unnamed_changes(plan, defined, set(names))
+    changed = unnamed_changes(plan, existing, set(names))
     if changed:
         listed = ", ".join(f"{n!r} (line {line})" for n, line in changed.items())
         run.progress.message(

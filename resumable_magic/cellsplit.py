@@ -197,33 +197,40 @@ def free_names(plan: CellPlan) -> set[str]:
     return loaded - bound_names(statements) - set(dir(builtins))
 
 
-def unnamed_changes(plan: CellPlan, defined_before: set[str], state: set[str]) -> dict[str, int]:
+def unnamed_changes(plan: CellPlan, existing: set[str], state: set[str]) -> dict[str, int]:
     """Variables defined before the loop, not named as state, that the loop body changes.
 
-    Returns name -> first line. Counts assignments (also augmented, annotated, tuple and nested-loop
-    targets), item and attribute stores and deletes, and calls of :data:`MUTATING_METHODS`. Nested
-    function and class bodies are their own scopes and are not searched.
+    Returns name -> first line. ``existing`` holds the names the notebook has when the cell starts.
+    A plain assignment (also annotated, tuple and nested-loop targets) counts when setup assigns the
+    name: a loop temporary that merely survives from an earlier run is not state. Changes that need
+    the old value count for names setup assigns or the notebook has: augmented assignments, item
+    and attribute stores and deletes, and calls of :data:`MUTATING_METHODS`. Nested function and
+    class bodies are their own scopes and are not searched.
     """
     ignore = state | set(plan.target_names)
+    from_setup = bound_names(plan.setup)
+    before = from_setup | existing
     found: dict[str, int] = {}
 
-    def note(name: str | None, node: ast.AST) -> None:
-        if name and name in defined_before and name not in ignore:
+    def note(name: str | None, node: ast.AST, defined: set[str]) -> None:
+        if name and name in defined and name not in ignore:
             found.setdefault(name, getattr(node, "lineno", 0))
 
     def visit(node: ast.AST) -> None:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
             return
-        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
-            note(node.id, node)
+        if isinstance(node, ast.AugAssign):
+            note(_root_name(node.target), node, before)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            note(node.id, node, from_setup)
         elif isinstance(node, (ast.Attribute, ast.Subscript)) and isinstance(node.ctx, (ast.Store, ast.Del)):
-            note(_root_name(node), node)
+            note(_root_name(node), node, before)
         elif (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
             and node.func.attr in MUTATING_METHODS
         ):
-            note(_root_name(node.func.value), node)
+            note(_root_name(node.func.value), node, before)
         for child in ast.iter_child_nodes(node):
             visit(child)
 

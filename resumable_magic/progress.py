@@ -9,7 +9,8 @@ Contract with ``run.py`` (the calls the run makes, in order, all from the loop's
 - ``run_started(info)`` once, before the first iteration (or for a replay).
 - ``advanced(position)`` often, but at most a few times a second.
 - ``checkpoint_started(position)`` / ``checkpoint_finished(stats)`` around each checkpoint
-  (``checkpoint_failed(message)`` instead of finished when a write fails).
+  (``checkpoint_failed(message)`` instead of finished when a write fails; the run also warns
+  through ``message``, so views do not print the failure themselves).
 - ``message(level, text)`` for banners ('info') and problems ('warning').
 - ``run_ended(outcome, detail)`` once; outcome is one of ``OUTCOMES``.
 
@@ -154,7 +155,9 @@ class ProgressModel:
         self, *, clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time
     ) -> None:
         self._clock, self._wall = clock, wall
-        self._lock = threading.Lock()
+        # re-entrant: the run reports messages from signal handlers, which may interrupt the main
+        # thread while it holds the lock in another event
+        self._lock = threading.RLock()
         self.info: StartInfo | None = None
         self.position = 0
         self.state = "starting"
@@ -166,6 +169,7 @@ class ProgressModel:
         self.last_checkpoint: CheckpointStats | None = None
         self._last_checkpoint_monotonic: float | None = None
         self.detail = ""
+        self.last_error = ""
         self.messages: list[tuple[str, str]] = []
         # rate: EMA of samples (dn / dt) each at least RATE_SAMPLE_SECONDS long
         self.rate: float | None = None
@@ -183,18 +187,13 @@ class ProgressModel:
             self._sample_position = info.start_position
 
     def advanced(self, position: int) -> None:
-        now = self._clock()
         with self._lock:
-            self.position, self._last_advance = position, now
-            dt = now - self._sample_start
-            if dt >= RATE_SAMPLE_SECONDS:
-                sample = (position - self._sample_position) / dt
-                self.rate = sample if self.rate is None else self.rate + RATE_SMOOTHING * (sample - self.rate)
-                self._sample_start, self._sample_position = now, position
+            self._moved(position)
 
     def checkpoint_started(self, position: int) -> None:
         with self._lock:
-            self.position, self.state = position, "checkpointing"
+            self._moved(position)
+            self.state = "checkpointing"
 
     def checkpoint_finished(self, stats: CheckpointStats) -> None:
         with self._lock:
@@ -204,10 +203,10 @@ class ProgressModel:
             self._last_checkpoint_monotonic = self._clock()
 
     def checkpoint_failed(self, message: str) -> None:
+        """A checkpoint write failed; the run says so with a warning ``message`` of its own."""
         with self._lock:
-            self.state, self.detail = "running", message
+            self.state, self.last_error = "running", message
             self.failed_checkpoints += 1
-            self._add_message("warning", f"checkpoint failed: {message}")
 
     def message(self, level: str, text: str) -> None:
         """Banners ('info') and problems ('warning'); kept for the views (the last few)."""
@@ -218,6 +217,15 @@ class ProgressModel:
         with self._lock:
             self.state, self.detail = outcome, detail
             self.ended_monotonic = self._clock()
+
+    def _moved(self, position: int) -> None:
+        now = self._clock()
+        self.position, self._last_advance = position, now
+        dt = now - self._sample_start
+        if dt >= RATE_SAMPLE_SECONDS:
+            sample = (position - self._sample_position) / dt
+            self.rate = sample if self.rate is None else self.rate + RATE_SMOOTHING * (sample - self.rate)
+            self._sample_start, self._sample_position = now, position
 
     def _add_message(self, level: str, text: str) -> None:
         self.messages.append((level, text))
@@ -376,7 +384,7 @@ def resume_text(snap: Snapshot) -> str:
     if info is None:
         return ""
     if info.replayed:
-        return f"replayed a finished run from its completion record: {format_count(snap.position)} iterations, loop skipped"
+        return f"finished run replayed from its completion record ({format_count(snap.position)} iterations)"
     resumed = info.resumed
     if resumed is None:
         return ""
@@ -386,7 +394,8 @@ def resume_text(snap: Snapshot) -> str:
     )
     lost = []
     if resumed.redone_iterations is not None:
-        lost.append(f"{format_count(resumed.redone_iterations)} iterations")
+        n = resumed.redone_iterations
+        lost.append(f"{format_count(n)} iteration{'' if n == 1 else 's'}")
     if resumed.redone_seconds is not None:
         lost.append(format_duration(resumed.redone_seconds))
     if lost:
@@ -409,7 +418,10 @@ def summary_line(snap: Snapshot) -> str:
     """The one-line final summary: outcome, iterations, wall time, checkpoints, overhead, resumes."""
     info = snap.info
     if info is not None and info.replayed:
-        return f"replayed: {resume_text(snap)}"
+        return (
+            f"replayed: the finished run's final values ({format_count(snap.position)} iterations) were "
+            "restored from its completion record; the loop was skipped"
+        )
     last = snap.last_checkpoint
     if snap.state == "finished":
         head = f"finished: {format_count(snap.position)} iterations"
@@ -432,21 +444,20 @@ def summary_line(snap: Snapshot) -> str:
             )
         else:
             text += f", resumed from iteration {format_count(resumed.from_position)}"
-    if snap.state in ("interrupted", "failed"):
+    if snap.detail:  # the run's own words: what stopped it and which checkpoint is kept
+        text += f": {snap.detail}"
+    elif snap.state in ("interrupted", "failed"):
         if last is not None:
-            kept = f"iteration {format_count(last.position)} ({format_clock(last.wall_time, snap.now_wall)})"
+            kept_at, kept_wall = last.position, last.wall_time
         elif resumed is not None:
-            kept = (
-                f"iteration {format_count(resumed.from_position)} "
-                f"({format_clock(resumed.checkpoint_wall_time, snap.now_wall)})"
-            )
+            kept_at, kept_wall = resumed.from_position, resumed.checkpoint_wall_time
         else:
-            kept = None
-        saved = "checkpoint saved at" if snap.state == "interrupted" else "kept checkpoint at"
-        if kept:
-            text += f"; {saved} {kept}, run the cell again to resume"
-    if snap.detail:
-        text += f": {snap.detail}" if snap.state == "failed" else f" ({snap.detail})"
+            return text + ", no checkpoint written"
+        saved = "checkpoint saved at" if snap.state == "interrupted" else "kept the checkpoint at"
+        text += (
+            f"; {saved} iteration {format_count(kept_at)} ({format_clock(kept_wall, snap.now_wall)}): "
+            "run the cell again to resume"
+        )
     return text
 
 
@@ -536,11 +547,6 @@ class TextProgress(ProgressModel):
     def checkpoint_finished(self, stats: CheckpointStats) -> None:
         super().checkpoint_finished(stats)
         self._maybe_draw()
-
-    def checkpoint_failed(self, message: str) -> None:
-        super().checkpoint_failed(message)
-        self._clear()
-        print(f"resumable: checkpoint failed: {message}", file=self.err_stream, flush=True)
 
     def message(self, level: str, text: str) -> None:
         super().message(level, text)

@@ -47,7 +47,7 @@ __all__ = ["Resumable", "default_directory", "fingerprint_inputs", "load"]
 
 _RNG_KEY = "__resumable_rng__"
 _TICK_SECONDS = 0.25  # how often the timer thread wakes the loop's boundary check
-_HEARTBEAT_SECONDS = 5.0
+_HEARTBEAT_SECONDS = 1.0  # a tiny unsynced write; lets a resume say how much work is redone
 _SIMPLE = (bool, int, float, complex, str, bytes, type(None))
 _MAX_INPUT_REPR = 1000
 _MISSING = object()  # "no item": a checkpoint not taken at a for-loop boundary
@@ -278,6 +278,8 @@ class Resumable:
             self._report_replay(checkpoint)
             return
         resumed = self._resume_info(checkpoint)
+        if self.policy.iterations:
+            self._next_at = self.position + self.policy.iterations
         self._install_signal_handlers()
         self._start_ticker()
         self._last_time = time.monotonic()

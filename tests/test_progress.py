@@ -198,6 +198,22 @@ def test_overhead_share_and_checkpoint_stats(model, clock):
     assert model.overhead == pytest.approx(1.5 / 20)
 
 
+def test_a_checkpoint_boundary_also_advances_the_rate(model, clock):
+    model.run_started(start(total=100))
+    clock.tick(1)
+    model.checkpoint_started(10)  # the run reports no separate advance at a checkpoint's boundary
+    assert model.snapshot().rate == pytest.approx(10) and model.snapshot().position == 10
+
+
+def test_events_are_reentrant_for_signal_handlers(model):
+    # the run reports from SIGINT handlers, which may run while the main thread is inside an event
+    model.run_started(start())
+    with model._lock:
+        model.message("info", "Interrupt received")
+        model.advanced(3)
+    assert model.snapshot().messages[-1] == ("info", "Interrupt received")
+
+
 def test_time_since_checkpoint_before_the_first_counts_from_the_start(model, clock):
     model.run_started(start())
     clock.tick(7)
@@ -218,6 +234,7 @@ def test_checkpoint_failure_and_messages_are_kept(model, clock):
     model.run_started(start())
     model.checkpoint_started(10)
     model.checkpoint_failed("disk full")
+    assert model.last_error == "disk full"
     for i in range(7):
         model.message("info", f"m{i}")
     snap = model.snapshot()
@@ -277,19 +294,35 @@ def test_summary_counts_resumes_when_known(model, clock):
 
 
 def test_summary_interrupted_and_failed_name_the_kept_checkpoint(clock):
-    for outcome, words in (("interrupted", "checkpoint saved at"), ("failed", "kept checkpoint at")):
+    for outcome, words in (("interrupted", "checkpoint saved at"), ("failed", "kept the checkpoint at")):
         model = ProgressModel(clock=clock, wall=clock.wall)
         model.run_started(start(total=100))
         model.checkpoint_started(40)
         model.checkpoint_finished(stats(40, wall=clock.wall()))
         clock.tick(3)
         model.advanced(47)
-        model.run_ended(outcome, "ZeroDivisionError: division by zero" if outcome == "failed" else "")
+        model.run_ended(outcome)
         text = model.summary()
-        assert text.startswith(f"{outcome} at iteration 47 in 3.0 s, 1 checkpoint")
-        assert f"{words} iteration 40 ({format_clock(clock.wall() - 3, clock.wall())})" in text
-        if outcome == "failed":
-            assert text.endswith(": ZeroDivisionError: division by zero")
+        assert text.startswith(f"{outcome} at iteration 47 in 3.0 s, 1 checkpoint (last 2.0 KiB)")
+        when = format_clock(clock.wall() - 3, clock.wall())
+        assert text.endswith(f"; {words} iteration 40 ({when}): run the cell again to resume")
+
+
+def test_summary_uses_the_runs_detail_when_given(model, clock):
+    model.run_started(start(total=100))
+    clock.tick(1)
+    model.advanced(5)
+    model.run_ended("failed", "ZeroDivisionError: division by zero; the checkpoint at iteration 0 is kept")
+    assert model.summary() == (
+        "failed at iteration 5 in 1.0 s, 0 checkpoints, overhead 0.0%: "
+        "ZeroDivisionError: division by zero; the checkpoint at iteration 0 is kept"
+    )
+
+
+def test_summary_without_any_checkpoint(model, clock):
+    model.run_started(start(total=100))
+    model.run_ended("failed")
+    assert model.summary().endswith("overhead 0.0%, no checkpoint written")
 
 
 def test_summary_replayed(model):
@@ -298,7 +331,8 @@ def test_summary_replayed(model):
     snap = model.snapshot()
     assert snap.state == "replayed" and snap.since_checkpoint is None
     assert summary_line(snap) == (
-        "replayed: replayed a finished run from its completion record: 10 iterations, loop skipped"
+        "replayed: the finished run's final values (10 iterations) were restored from its completion "
+        "record; the loop was skipped"
     )
 
 
@@ -363,12 +397,9 @@ def test_text_view_messages_and_warnings(clock):
     view.advanced(1)
     view.message("info", "resuming from iteration 1")
     view.message("warning", "the cell changed since the checkpoint")
-    view.checkpoint_failed("No space left on device")
+    view.checkpoint_failed("No space left on device")  # the run warns about it itself
     assert "resuming from iteration 1\n" in out.getvalue()
-    assert err.getvalue().splitlines() == [
-        "resumable: the cell changed since the checkpoint",
-        "resumable: checkpoint failed: No space left on device",
-    ]
+    assert err.getvalue().splitlines() == ["resumable: the cell changed since the checkpoint"]
 
 
 def test_text_view_quiet_shows_only_warnings_and_the_summary(clock):

@@ -171,6 +171,15 @@ class Lab:
         """Pids of the kernels this server started (its ``ipykernel_launcher`` children)."""
         return [pid for pid in _children(self.proc.pid) if "ipykernel_launcher" in _cmdline(pid)]
 
+    def kernel_pid(self, notebook: str) -> int:
+        """Pid of the kernel of ``notebook``'s session (its command line names the kernel's id)."""
+        sessions = [s for s in self.api("/api/sessions") if s.get("path") == notebook]
+        assert len(sessions) == 1, f"expected one session for {notebook}: {sessions}"
+        kernel_id = sessions[0]["kernel"]["id"]
+        pids = [pid for pid in self.kernel_pids() if kernel_id in _cmdline(pid)]
+        assert len(pids) == 1, f"kernel {kernel_id} of {notebook}: pids {pids}"
+        return pids[0]
+
     def shutdown_kernels(self) -> None:
         try:
             for kernel in self.api("/api/kernels"):
@@ -255,6 +264,25 @@ class Lab:
             timeout=timeout,
             polling=50,
         )
+
+    def wait_text(
+        self, page: Any, index: int, selector: str, predicate: str, arg: Any = None, timeout: float = 30_000
+    ) -> str:
+        """Wait until the text of ``selector`` inside cell ``index`` satisfies the JavaScript
+        ``predicate`` ``(text, arg) => bool``; returns that text. The element is looked up afresh at
+        every poll: widgets such as ``HTML`` replace their DOM on each update."""
+        handle = page.wait_for_function(
+            """([cell, selector, predicate, arg]) => {
+                const el = cell.querySelector(selector);
+                if (!el) return false;
+                const text = el.textContent.trim();
+                return eval(predicate)(text, arg) ? text : false;
+            }""",
+            arg=[self.cell(page, index).element_handle(), selector, predicate, arg],
+            timeout=timeout,
+            polling=100,
+        )
+        return handle.json_value()
 
     def outputs(self, page: Any, index: int) -> list[str]:
         """The texts of cell ``index``'s outputs (``.jp-OutputArea-output``)."""

@@ -1,0 +1,283 @@
+"""The ipywidgets view of the progress model: the only module of the package that imports ipywidgets.
+
+:class:`WidgetProgress` is a :class:`~resumable_magic.progress.ProgressModel` that displays a small
+panel under the cell when the run starts: state (word and colour), a progress bar (or a count when
+the iterable has no length), rate, ETA, the time since the last checkpoint (ticking every second from
+a timer thread, even while one iteration takes minutes), checkpoints written, the last one's size,
+write time and wall-clock time, the checkpoint overhead, and where a resumed run picked up.
+
+The loop's thread only updates the model's counters (cheap); a daemon timer thread renders the
+model into the widgets a few times a second at most, and only changed values are sent. The panel's
+``text/plain`` representation is the model's text line (the final summary once the run ended), which
+is what frontends without a widget manager (nbconvert, nbclient, nbval) store and show.
+
+The magic calls :func:`make_widget_progress`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ipywidgets as widgets
+
+from .progress import (
+    CheckpointStats,
+    ProgressModel,
+    Snapshot,
+    StartInfo,
+    TextProgress,
+    format_clock,
+    format_count,
+    format_duration,
+    format_rate,
+    format_size,
+    resume_text,
+    summary_line,
+)
+
+__all__ = ["STATE_COLOURS", "WidgetProgress", "make_widget_progress"]
+
+#: Seconds between two renders by the timer thread: at most this many updates a second per widget.
+TICK_SECONDS = 0.5
+
+STATE_COLOURS = {
+    "starting": "#757575",
+    "running": "#1976d2",
+    "checkpointing": "#f9a825",
+    "interrupted": "#ef6c00",
+    "failed": "#d32f2f",
+    "finished": "#2e7d32",
+    "replayed": "#00897b",
+}
+_BAR_STYLES = {
+    "checkpointing": "warning",
+    "interrupted": "warning",
+    "failed": "danger",
+    "finished": "success",
+    "replayed": "info",
+}
+_STATE_WORDS = {"interrupted": "interrupted (checkpoint saved)"}
+_BANNERS = ("Resumed ", "Replayed ")  # run.py's info banners, shown by the widget as its resume row
+
+
+def make_widget_progress(quiet: bool = False) -> ProgressModel:
+    """The progress view for a ``%%resumable`` run in this process.
+
+    Under a Jupyter kernel: the widget (:class:`WidgetProgress`). ``quiet``, or no kernel (terminal
+    IPython, a plain script): the text view, which with ``quiet`` prints only warnings and the final
+    summary line.
+    """
+    if quiet or not _in_kernel():
+        return TextProgress(quiet=quiet)
+    return WidgetProgress()
+
+
+def _in_kernel() -> bool:
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return False
+    shell = ipython.get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+class _Panel(widgets.VBox):
+    """The displayed box; its ``text/plain`` is the model's line, never ``VBox(...)``."""
+
+    def __init__(self, line: Callable[[], str], children: list[widgets.Widget], **kwargs: Any) -> None:
+        super().__init__(children, **kwargs)
+        self._line = line
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict | None:
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if bundle is not None:
+            bundle["text/plain"] = self._line()
+        return bundle
+
+    def __repr__(self) -> str:
+        return self._line()
+
+
+class WidgetProgress(ProgressModel):
+    """The ipywidgets view of a run; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        tick: float = TICK_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        display: Callable[..., Any] | None = None,
+        err_stream: Any = None,
+    ) -> None:
+        super().__init__(clock=clock, wall=wall)
+        self._tick = tick
+        self._display = display
+        self._err = err_stream
+        self._render_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._timer: threading.Thread | None = None
+        self._handle: Any = None
+        self.panel: _Panel | None = None
+        self.renders = 0
+
+    # -- events ---------------------------------------------------------------------------------
+    def run_started(self, info: StartInfo) -> None:
+        super().run_started(info)
+        self._build(info)
+        self._render()
+        display = self._display
+        if display is None:
+            from IPython.display import display
+        self._handle = display(self.panel, display_id=True)
+        if not info.replayed:
+            self._timer = threading.Thread(target=self._run_timer, name="resumable-progress", daemon=True)
+            self._timer.start()
+
+    def message(self, level: str, text: str) -> None:
+        super().message(level, text)
+        if level != "info":  # also in the cell's stream output, where every frontend shows it
+            print(f"resumable: {text}", file=self._err or sys.stderr, flush=True)
+
+    def run_ended(self, outcome: str, detail: str = "") -> None:
+        super().run_ended(outcome, detail)
+        self._stop.set()
+        if self._timer is not None and self._timer is not threading.current_thread():
+            self._timer.join(timeout=5)
+        self._render()
+        if self._handle is not None:
+            # Re-send the display so that its text/plain is the final summary (nbclient, nbval).
+            with contextlib.suppress(Exception):  # the kernel may be going down; the widget shows the state
+                self._handle.update(self.panel)
+
+    # -- rendering -------------------------------------------------------------------------------
+    def _build(self, info: StartInfo) -> None:
+        self.state_label = widgets.HTML()
+        self.state_label.add_class("rm-state")
+        self.bar = widgets.IntProgress(min=0, max=max(info.total or 1, 1), value=0)
+        self.bar.layout.width = "320px"
+        self.bar.add_class("rm-bar")
+        if info.total is None:
+            self.bar.layout.display = "none"
+        self.count_label = widgets.HTML()
+        self.count_label.add_class("rm-count")
+        self.details = widgets.HTML()
+        self.details.add_class("rm-details")
+        header = widgets.HBox([self.state_label, self.bar, self.count_label])
+        header.layout.align_items = "center"
+        self.panel = _Panel(self.line, [header, self.details])
+        self.panel.add_class("resumable-progress")
+
+    def _run_timer(self) -> None:
+        while not self._stop.wait(self._tick):
+            try:
+                self._render()
+            except Exception as exc:  # never let a display problem reach the loop: stop drawing
+                print(f"resumable: progress display stopped: {exc}", file=self._err or sys.stderr, flush=True)
+                return
+
+    def _render(self) -> None:
+        if self.panel is None:
+            return
+        with self._render_lock:
+            snap = self.snapshot()
+            colour = STATE_COLOURS.get(snap.state, "#757575")
+            word = _STATE_WORDS.get(snap.state, snap.state)
+            self.state_label.value = (
+                f'<span class="rm-state-word rm-state-{snap.state}" style="background:{colour};color:#fff;'
+                f'padding:1px 8px;border-radius:3px;font-weight:600">{html.escape(word)}</span>'
+            )
+            if snap.total is not None:
+                self.bar.max = max(snap.total, 1)
+                self.bar.value = min(snap.position, self.bar.max)
+            self.bar.bar_style = _BAR_STYLES.get(snap.state, "")
+            self.count_label.value = _count_html(snap)
+            self.details.value = _details_html(snap)
+            self.renders += 1
+
+
+def _span(cls: str, text: str, title: str = "") -> str:
+    attr = f' title="{html.escape(title)}"' if title else ""
+    return f'<span class="{cls}"{attr}>{html.escape(text)}</span>'
+
+
+def _count_html(snap: Snapshot) -> str:
+    if snap.total is not None:
+        pct = f"{snap.fraction:.0%}" if snap.fraction is not None else ""
+        text = f"{pct} · {format_count(snap.position)} / {format_count(snap.total)}"
+    else:
+        text = f"{format_count(snap.position)} iterations"
+    return f'<span class="rm-position" style="margin-left:8px">{html.escape(text)}</span>'
+
+
+def _details_html(snap: Snapshot) -> str:
+    rows = []
+    if snap.ended:
+        rows.append(f"<b>{_span('rm-summary', summary_line(snap))}</b>")
+    if snap.info is not None and not snap.info.replayed:
+        speed = [_span("rm-rate", format_rate(snap.rate))]
+        if snap.eta is not None:
+            speed.append("ETA " + _span("rm-eta", format_duration(snap.eta, whole=True)))
+        speed.append("elapsed " + _span("rm-elapsed", format_duration(snap.elapsed, whole=True)))
+        if snap.start_position:
+            speed.append(_span("rm-done", f"{format_count(snap.done)} this run"))
+        rows.append(" · ".join(speed))
+        rows.append(_checkpoint_html(snap))
+    resumed = resume_text(snap)
+    if resumed:
+        rows.append(_span("rm-resume", resumed))
+    for level, text in snap.messages:
+        if level == "info" and resumed and text.startswith(_BANNERS):
+            continue  # the run's resume/replay banner: the row above says it in short
+        colour = "#ef6c00" if level != "info" else "inherit"
+        rows.append(
+            f'<span class="rm-message rm-{html.escape(level)}" style="color:{colour}">{html.escape(text)}</span>'
+        )
+    body = "<br>".join(rows)
+    style = "color:var(--jp-ui-font-color1, #212121);line-height:1.5;font-size:var(--jp-ui-font-size1, 13px)"
+    return f'<div class="rm-details-body" style="{style}">{body}</div>'
+
+
+def _checkpoint_html(snap: Snapshot) -> str:
+    last: CheckpointStats | None = snap.last_checkpoint
+    overhead = "overhead " + _span("rm-overhead", f"{snap.overhead:.1%}")
+    if last is None:
+        parts = []
+        if snap.resumed is not None:
+            restored = format_clock(snap.resumed.checkpoint_wall_time, snap.now_wall)
+            parts.append("restored checkpoint of " + _span("rm-last-clock", restored))
+        if snap.since_checkpoint is not None and not snap.ended:
+            since = _span("rm-since", format_duration(snap.since_checkpoint, whole=True))
+            parts.append(f"no new checkpoint yet, started {since} ago")
+        elif not parts:
+            parts.append("no checkpoint")
+        return " · ".join([*parts, overhead])
+    clock = _span(
+        "rm-last-clock", format_clock(last.wall_time, snap.now_wall), "wall-clock time of the last checkpoint"
+    )
+    if snap.ended:  # a relative time would mean nothing once the run is over
+        head = f"last checkpoint at {clock}, " + _span(
+            "rm-saved-at", f"iteration {format_count(last.position)}"
+        )
+    else:
+        since = _span("rm-since", format_duration(snap.since_checkpoint or 0.0, whole=True))
+        head = f"last checkpoint {since} ago at {clock} · " + _span(
+            "rm-unsaved", f"{format_count(snap.unsaved)} iterations unsaved"
+        )
+    parts = [
+        head,
+        _span("rm-checkpoints", f"{snap.checkpoints} written"),
+        "last "
+        + _span("rm-size", format_size(last.nbytes))
+        + " in "
+        + _span("rm-write", format_duration(last.seconds)),
+        overhead,
+    ]
+    if snap.failed_checkpoints:
+        parts.append(_span("rm-failed", f"{snap.failed_checkpoints} failed"))
+    return " · ".join(parts)

@@ -1,0 +1,245 @@
+"""Behaviours that need a real kernel: signals, cell ids, fresh processes, hash randomisation.
+
+Each test drives an IPython kernel through jupyter_client (see kernels.py) and checks real files.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from checkpoints import newest_position
+
+pytestmark = pytest.mark.kernel
+
+# One iteration = one line in log.txt, written as the iteration's last statement, so the test can
+# count completed iterations independently of the library.
+SLOW_LOOP = """\
+%%resumable total --name slow --dir {ck} --every 100000it
+import time
+total = 0
+for i in range({n}):
+    if i == 3:
+        print("running", flush=True)
+    time.sleep({pause})
+    total += i
+    with open("log.txt", "a") as log:
+        log.write(f"{{i}}\\n")
+print("total", total)
+"""
+
+
+def logged(cwd: Path) -> list[int]:
+    path = cwd / "log.txt"
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def load_ext(k) -> None:
+    k.run("%load_ext resumable_magic")
+
+
+def test_interrupt_finishes_the_iteration_checkpoints_and_resumes_without_redoing(kernel, tmp_path):
+    load_ext(kernel)
+    cell = SLOW_LOOP.format(ck=tmp_path / "ck", n=40, pause=0.05)
+    msg = kernel.execute_async(cell)
+    kernel.wait_for_output(msg, "running")
+    kernel.interrupt()
+    result = kernel.result(msg)
+    assert result.error is not None and result.error.ename == "RunInterrupted", result.describe()
+    assert "checkpoint saved" in result.error.evalue and "Traceback" not in result.output
+    done = logged(tmp_path)
+    assert newest_position(tmp_path / "ck" / "slow") == len(done) > 3  # the interrupted iteration finished
+    resumed = kernel.run(cell)
+    assert f"from the checkpoint at iteration {len(done)} of 40" in resumed.stdout
+    assert logged(tmp_path) == list(range(40))  # every iteration exactly once: nothing redone
+    assert "total 780" in resumed.stdout
+
+
+def test_second_interrupt_stops_at_once_and_keeps_the_last_checkpoint(kernel, tmp_path):
+    load_ext(kernel)
+    # Iteration 3 takes "forever" (in short sleeps, so the signal is seen promptly).
+    cell = SLOW_LOOP.format(ck=tmp_path / "ck", n=10, pause="0.01 if i != 3 else 0").replace(
+        '        print("running", flush=True)\n',
+        '        print("running", flush=True)\n        while True:\n            time.sleep(0.01)\n',
+    )
+    msg = kernel.execute_async(cell)
+    kernel.wait_for_output(msg, "running")
+    kernel.interrupt()
+    kernel.wait_for_output(msg, "Interrupt received")
+    kernel.interrupt()
+    result = kernel.result(msg)
+    assert result.error is not None and result.error.ename == "KeyboardInterrupt", result.describe()
+    assert kernel.alive
+    assert newest_position(tmp_path / "ck" / "slow") == 0 and logged(tmp_path) == [0, 1, 2]
+    assert kernel.eval("total") == "3"  # the namespace is the user's, as left by the stop
+
+
+def test_sigterm_checkpoints_at_the_boundary_then_lets_the_kernel_terminate(kernel, tmp_path):
+    load_ext(kernel)
+    cell = SLOW_LOOP.format(ck=tmp_path / "ck", n=60, pause=0.05)
+    msg = kernel.execute_async(cell)
+    kernel.wait_for_output(msg, "running")
+    kernel.send_signal(signal.SIGTERM)
+    kernel.wait_for(lambda: not kernel.alive, timeout=30, allow_death=True)
+    assert kernel.returncode == -signal.SIGTERM
+    done = logged(tmp_path)
+    assert newest_position(tmp_path / "ck" / "slow") == len(done) > 3
+    kernel.restart()
+    load_ext(kernel)
+    resumed = kernel.run(cell.replace("--every", "--every"))
+    assert logged(tmp_path) == list(range(60)) and "total 1770" in resumed.stdout
+
+
+@pytest.mark.parametrize("iteration_seconds", [0.2, 30])
+def test_jupyter_shutdown_sequence_int_term_kill(kernel, tmp_path, iteration_seconds):
+    """SIGINT, SIGTERM 2.5 s later, SIGKILL at 5 s. The SIGTERM is not a 'second interrupt'."""
+    load_ext(kernel)
+    cell = (
+        SLOW_LOOP.format(ck=tmp_path / "ck", n=200, pause=0.02)
+        .replace("time.sleep(0.02)", f"time.sleep(0.02 if i < 5 else {iteration_seconds})")
+        .replace("--every 100000it", "--every 2it")
+    )
+    msg = kernel.execute_async(cell)
+    kernel.wait_for(lambda: len(logged(tmp_path)) >= 5, timeout=30)
+    before = newest_position(tmp_path / "ck" / "slow")
+    kernel.send_signal(signal.SIGINT)
+    start = time.monotonic()
+    # Jupyter's timings, as its shutdown does them; the checks between are the test.
+    kernel.wait_for(lambda: time.monotonic() - start >= 2.5, timeout=10, allow_death=True)
+    partial = kernel.partial(msg)
+    if iteration_seconds < 1:
+        assert partial.error is not None and partial.error.ename == "RunInterrupted", partial.describe()
+    else:
+        assert partial.error is None, "SIGTERM must not be taken for a second interrupt"
+    kernel.send_signal(signal.SIGTERM)
+    kernel.wait_for(lambda: time.monotonic() - start >= 5 or not kernel.alive, timeout=10, allow_death=True)
+    if kernel.alive:
+        kernel.kill()
+    done = logged(tmp_path)
+    position = newest_position(tmp_path / "ck" / "slow")
+    if iteration_seconds < 1:
+        assert position == len(done)  # checkpoint at the boundary after the SIGINT
+    else:
+        assert position == before  # cut off mid-iteration: the previous checkpoint stands, readable
+    kernel.restart()
+    load_ext(kernel)
+    finished = kernel.run(cell.replace(f"else {iteration_seconds}", "else 0"))
+    assert "total 19900" in finished.stdout
+    assert sorted(set(logged(tmp_path))) == list(range(200))
+
+
+def test_keys_follow_cell_ids_and_the_notebook(kernel_factory, tmp_path):
+    k = kernel_factory(env={"JPY_SESSION_NAME": str(tmp_path / "Analysis.ipynb")})
+    load_ext(k)
+    cell = "%%resumable acc\nacc = 0\nfor i in range(N):\n    acc += i\n"
+    k.run("N = 10")
+    k.run(cell, cell_id="cell-aaa")
+    k.run(cell, cell_id="cell-bbb")  # same text, another cell: its own checkpoint, not a replay
+    base = tmp_path / ".resumable" / "Analysis.ipynb"
+    assert sorted(p.name for p in base.iterdir()) == ["cell-cell-aaa", "cell-cell-bbb"]
+    edited = k.run(cell.replace("acc += i", "acc += 2 * i"), cell_id="cell-aaa")
+    assert "code changed since the checkpoint" in edited.stderr and "Replayed" in edited.stdout
+    rerun = k.run(cell.replace("acc += i", "acc += 2 * i") + "acc\n", cell_id="cell-aaa")
+    assert rerun.execute_result == "45"  # replay of the finished run: its result, said so
+
+
+def test_fallback_key_without_cell_id_is_stable_across_restarts(kernel, tmp_path):
+    load_ext(kernel)
+    cell = "%%resumable acc\nimport time\nacc = 0\nfor i in range(300):\n    acc += i\n    time.sleep(0.01)\n"
+    msg = kernel.execute_async(cell.replace("%%resumable acc", "%%resumable acc --every 10it"))
+    kernel.wait_for(lambda: list((tmp_path / ".resumable").rglob("manifest.*.json")), timeout=30)
+    kernel.wait_for(
+        lambda: (newest_position(next((tmp_path / ".resumable" / "ipython").iterdir())) or 0) >= 20
+    )
+    kernel.kill()
+    assert kernel.partial(msg).error is None
+    kernel.restart()
+    load_ext(kernel)
+    resumed = kernel.run(cell.replace("%%resumable acc", "%%resumable acc --every 10it"))
+    assert "Resumed acc from the checkpoint" in resumed.stdout and "acc" in kernel.eval("'acc'")
+    assert kernel.eval("acc") == str(sum(range(300)))
+    assert next((tmp_path / ".resumable" / "ipython").iterdir()).name.startswith("acc-")
+
+
+DEFINE = """\
+class Accumulator:
+    def __init__(self):
+        self.items = []
+    def add(self, x):
+        self.items.append(x)
+    def total(self):
+        return sum(self.items)
+def scale(x):
+    return 3 * x
+"""
+
+
+def test_notebook_classes_and_functions_restore_in_a_fresh_kernel(kernel, tmp_path):
+    load_ext(kernel)
+    kernel.run(DEFINE)
+    cell = (
+        "%%resumable acc fn --name cls --dir ck --every 5it\nimport time\nacc, fn = Accumulator(), scale\n"
+        "for i in range(100):\n    acc.add(fn(i))\n    time.sleep(0.01)\n"
+    )
+    kernel.execute_async(cell)
+    kernel.wait_for(lambda: (newest_position(tmp_path / "ck" / "cls") or 0) >= 10)
+    kernel.kill()
+    kernel.restart()
+    # Without re-running the defining cell: the checkpoint carries class and function by value.
+    kernel.run("from resumable_magic import load\nsaved = load('cls', dir='ck')")
+    assert kernel.eval("saved['fn'](2)") == "6"
+    assert int(kernel.eval("saved['acc'].total()")) == 3 * sum(
+        range(len(eval(kernel.eval("saved['acc'].items"))))
+    )
+    # After re-running it, restored instances are instances of the live class.
+    kernel.run(DEFINE)
+    load_ext(kernel)
+    kernel.run(cell)
+    assert kernel.eval("isinstance(acc, Accumulator), acc.total()") == f"(True, {3 * sum(range(100))})"
+
+
+WORDS = [f"word{i}" for i in range(40)]
+
+
+def set_order(seed: int) -> list[str]:
+    code = f"print(list({set(WORDS)!r}))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={"PYTHONHASHSEED": str(seed)}, capture_output=True, text=True
+    )
+    return eval(out.stdout)
+
+
+def test_iteration_order_that_changes_across_restarts_is_refused(kernel_factory, tmp_path):
+    # Two hash seeds under which the set yields a different item at the checkpoint's position.
+    position = 10
+    seeds = next(
+        (a, b)
+        for a in range(1, 20)
+        for b in range(a + 1, 20)
+        if set_order(a)[position - 1] != set_order(b)[position - 1]
+    )
+    cell = (
+        "%%resumable seen --name words --dir ck --every 10it\nimport time\nseen = []\n"
+        f"for w in {set(WORDS)!r}:\n    seen.append(w)\n    time.sleep(0.02)\n"
+    )
+    k = kernel_factory(env={"PYTHONHASHSEED": str(seeds[0])})
+    load_ext(k)
+    k.execute_async(cell)
+    k.wait_for(lambda: (newest_position(tmp_path / "ck" / "words") or 0) >= position)
+    k.kill()
+    k.restart(env={"PYTHONHASHSEED": str(seeds[1])})
+    load_ext(k)
+    k.run("seen = 'untouched'")
+    refused = k.execute(cell)
+    assert refused.error is not None and refused.error.ename == "IterationMismatchError", refused.describe()
+    assert "does not yield the same items" in refused.error.evalue and "sorted(" in refused.error.evalue
+    assert k.alive and k.eval("seen") == "[]"  # setup ran; the checkpoint was not restored over it
+    assert newest_position(tmp_path / "ck" / "words") >= position  # the last good checkpoint stays
+    # The same seed as the checkpoint's resumes fine.
+    k.restart(env={"PYTHONHASHSEED": str(seeds[0])})
+    load_ext(k)
+    assert k.run(cell + "len(seen)\n").execute_result == "40"
