@@ -16,10 +16,12 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
 import nbformat
+from jupyter_client import KernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
@@ -43,6 +45,13 @@ def cell_text(cell: nbformat.NotebookNode) -> str:
         if output.get("output_type") == "error":
             parts.append(f"{output['ename']}: {output['evalue']}")
     return "".join(parts).rstrip()
+
+
+def client_for(nb: nbformat.NotebookNode, workdir: Path) -> NotebookClient:
+    # ipc transport: no TCP ports, no "running over TCP without encryption" warning.
+    # The socket path must stay under ~107 bytes: a short temp dir, not the work dir.
+    km = KernelManager(kernel_name="python3", transport="ipc", ip=str(Path(tempfile.mkdtemp(prefix="rd-")) / "k"))
+    return NotebookClient(nb, km=km, timeout=600, resources={"metadata": {"path": str(workdir)}})
 
 
 def main() -> int:

@@ -302,6 +302,8 @@ class Resumable:
         """Stop the timer thread and signal handlers; report how the run ended. Always call it."""
         self._stop_ticker()
         self._restore_signal_handlers()
+        if self._iterator is not None:
+            self._iterator.close()  # syncs self.position when the loop raised between boundaries
         if not self._ended and not self.replayed:
             self._ended = True
             if isinstance(exc, RunInterrupted):

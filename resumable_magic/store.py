@@ -51,7 +51,16 @@ def digest(data: bytes | memoryview) -> str:
 # tests can crash a real kernel at an exact point of a commit.
 _crash_spec = os.environ.get("RESUMABLE_CRASH_AT", "")
 _crash_counts: dict[str, int] = {}
-CRASH_STEPS = ("serialized", "blob-written", "blob-synced", "manifest-written", "manifest-renamed")
+CRASH_STEPS = (
+    "serialized",  # state pickled, nothing written
+    "blob-written",  # blob's temporary file written, not fsynced
+    "blob-synced",  # ... fsynced, not renamed
+    "manifest-written",  # manifest's temporary file written, not fsynced
+    "manifest-synced",  # ... fsynced, not renamed
+    "manifest-renamed",  # renamed into place, directory not fsynced
+    "committed",  # directory fsynced, old generations not yet collected
+    "collecting",  # old manifests deleted, unreferenced blobs not yet
+)
 
 
 def _crash_point(step: str) -> None:
@@ -82,7 +91,10 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _write_atomic(path: Path, data: bytes, steps: tuple[str, str] | None = None) -> None:
-    """tmp -> write -> fsync -> rename over ``path``. The caller fsyncs the directory."""
+    """tmp -> write -> fsync -> rename over ``path``. The caller fsyncs the directory.
+
+    ``steps`` names the crash points after the write and after the fsync (tests only).
+    """
     tmp = path.with_name(f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -212,9 +224,11 @@ class RunStore:
         generation = max(self._generations(), default=0) + 1
         record = {**manifest, "format": FORMAT_VERSION, "generation": generation, "key": self.key}
         _write_atomic(
-            self._manifest_path(generation), _sealed(record), steps=("manifest-written", "manifest-renamed")
+            self._manifest_path(generation), _sealed(record), steps=("manifest-written", "manifest-synced")
         )
+        _crash_point("manifest-renamed")
         _fsync_dir(self.path)
+        _crash_point("committed")
         self._collect(keep={generation, keep} - {None})
         return generation
 
@@ -304,6 +318,7 @@ class RunStore:
             elif generation < newest:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
+        _crash_point("collecting")
         for name in _listdir(self.objects):
             if not name.startswith(_TMP_PREFIX) and name not in referenced:
                 with contextlib.suppress(OSError):
