@@ -20,7 +20,6 @@ import os
 import pickle
 import signal
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
@@ -42,11 +41,11 @@ from .policy import CheckpointPolicy, Every, parse_every
 from .progress import CheckpointStats, ProgressModel, ResumeInfo, StartInfo, TextProgress, format_duration
 from .serialize import dumps_state, loads_state
 from .store import Checkpoint, RunStore, crash_point, digest
+from .wakeup import TICK_SECONDS, Wakeup
 
 __all__ = ["Resumable", "default_directory", "fingerprint_inputs", "load"]
 
 _RNG_KEY = "__resumable_rng__"
-_TICK_SECONDS = 0.25  # how often the timer thread wakes the loop's boundary check
 _HEARTBEAT_SECONDS = 1.0  # a tiny unsynced write; lets a resume say how much work is redone
 _SIMPLE = (bool, int, float, complex, str, bytes, type(None))
 _MAX_INPUT_REPR = 1000
@@ -154,14 +153,14 @@ class Resumable:
         self._last_position = 0
         self._last_time = time.monotonic()
         self._next_at = -1  # position of the next iteration-policy checkpoint (-1: none)
-        self._wake = [False]  # set by the timer thread and signal handlers; read at every boundary
+        self._wakeup = Wakeup(
+            lambda: self._info(
+                "Interrupt received: finishing this iteration, then saving a checkpoint (interrupt again to stop now)."
+            )
+        )
+        self._wake = self._wakeup.flag  # raised by the timer thread and signals; tested at every boundary
         self._next_report = 0.0
         self._next_heartbeat = 0.0
-        self._stop_signal: int | None = None
-        self._sigterm_pending = False
-        self._saved_handlers: dict[int, Any] = {}
-        self._ticker: threading.Thread | None = None
-        self._ticker_stop = threading.Event()
         self._first_tick = True
         self._iterator: Iterator[Any] | None = None
         self._opened = self._restored = self._prepared = False
@@ -257,8 +256,7 @@ class Resumable:
         checkpoint = self._checkpoint
         if checkpoint is None:
             self._require_names()
-            self._install_signal_handlers()
-            self._start_ticker()
+            self._wakeup.start()
             self.progress.run_started(self._start_info(None))
             self._take_checkpoint(_MISSING, first=True)
             return
@@ -280,8 +278,7 @@ class Resumable:
         resumed = self._resume_info(checkpoint)
         if self.policy.iterations:
             self._next_at = self.position + self.policy.iterations
-        self._install_signal_handlers()
-        self._start_ticker()
+        self._wakeup.start()
         self._last_time = time.monotonic()
         self.progress.run_started(self._start_info(resumed))
         self._report_resume(checkpoint, resumed)
@@ -290,7 +287,7 @@ class Resumable:
         """The loop ended normally (also by ``break``): write the final checkpoint and the DONE record."""
         if self.replayed or self._ended:
             return
-        self._stop_ticker()
+        self._wakeup.stop_timer()
         if self._iterator is not None:
             self._iterator.close()  # syncs self.position after a `break`
         generation = self._take_checkpoint(_MISSING, final=True)
@@ -299,9 +296,7 @@ class Resumable:
         self.progress.run_ended("finished")
 
     def close(self, exc: BaseException | None = None) -> None:
-        """Stop the timer thread and signal handlers; report how the run ended. Always call it."""
-        self._stop_ticker()
-        self._restore_signal_handlers()
+        """Report how the run ended, stop the timer thread, give the signals back. Always call it."""
         if self._iterator is not None:
             self._iterator.close()  # syncs self.position when the loop raised between boundaries
         if not self._ended and not self.replayed:
@@ -316,10 +311,7 @@ class Resumable:
                 )
                 last_line = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
                 self.progress.run_ended("failed", f"{last_line}; {kept}")
-        if self._sigterm_pending:
-            # The process was asked to terminate; now that the checkpoint is safe, let it.
-            self._sigterm_pending = False
-            os.kill(os.getpid(), signal.SIGTERM)
+        self._wakeup.stop()  # signals back; a SIGTERM that arrived now terminates the process
 
     # -- boundaries and checkpoints --------------------------------------------------------------------
     def _boundaries(self, iterator: Iterator[Any]) -> Iterator[Any]:
@@ -341,9 +333,9 @@ class Resumable:
     def _boundary(self, item: Any) -> None:
         self._wake[0] = False
         now = time.monotonic()
-        if self._stop_signal is not None:
+        if self._wakeup.stop_signal is not None:
             self._take_checkpoint(item)
-            name = signal.Signals(self._stop_signal).name
+            name = signal.Signals(self._wakeup.stop_signal).name
             raise RunInterrupted(
                 f"Stopped by {name} after iteration {self.position:,}; checkpoint saved. "
                 f"Run the cell again to resume.",
@@ -356,7 +348,7 @@ class Resumable:
         ):
             self._take_checkpoint(item)
         elif now >= self._next_report:
-            self._next_report = now + _TICK_SECONDS
+            self._next_report = now + TICK_SECONDS
             self.progress.advanced(self.position)
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + _HEARTBEAT_SECONDS
@@ -515,54 +507,6 @@ class Resumable:
             f"Use --fresh to run it again."
         )
         self.progress.run_ended("replayed")
-
-    # -- signals and the timer thread -----------------------------------------------------------------
-    def _install_signal_handlers(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be set from the main thread; Ctrl-C then stops at once
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError, OSError):
-                self._saved_handlers[signum] = signal.signal(signum, self._on_signal)
-
-    def _restore_signal_handlers(self) -> None:
-        for signum, handler in self._saved_handlers.items():
-            with contextlib.suppress(ValueError, OSError, TypeError):
-                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-        self._saved_handlers.clear()
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        if signum == signal.SIGTERM:
-            # SIGTERM never escalates: in Jupyter's shutdown sequence it follows the SIGINT.
-            self._sigterm_pending = True
-            if self._stop_signal is None:
-                self._stop_signal = signum
-                self._wake[0] = True
-            return
-        if self._stop_signal is not None:
-            raise KeyboardInterrupt("second interrupt: stopped at once; the last checkpoint stays")
-        self._stop_signal = signum
-        self._wake[0] = True
-        self.progress.message(
-            "info",
-            "Interrupt received: finishing this iteration, then saving a checkpoint (interrupt again to stop now).",
-        )
-
-    def _start_ticker(self) -> None:
-        if self._ticker is not None:
-            return
-        self._ticker_stop.clear()
-        self._ticker = threading.Thread(target=self._tick_forever, name="resumable-ticker", daemon=True)
-        self._ticker.start()
-
-    def _tick_forever(self) -> None:
-        while not self._ticker_stop.wait(_TICK_SECONDS):
-            self._wake[0] = True
-
-    def _stop_ticker(self) -> None:
-        if self._ticker is not None:
-            self._ticker_stop.set()
-            self._ticker.join()
-            self._ticker = None
 
 
 def _quote(names: Iterable[str]) -> str:
