@@ -132,8 +132,11 @@ def test_changed_inputs_refuse_before_running(runner):
     runner.ns.update(N=10, fail_at=-1)
     runner("total seen", LOOP)
     runner.ns["N"] = 20
+    files_before = {p.name: p.read_bytes() for p in (runner.directory / "t").rglob("*") if p.is_file()}
     refused = runner("total seen", LOOP)
     assert type(refused.error).__name__ == "InputsChangedError"
+    files_after = {p.name: p.read_bytes() for p in (runner.directory / "t").rglob("*") if p.is_file()}
+    assert files_after == files_before  # the finished run's checkpoint and DONE are untouched
     assert "N: 10 then, 20 now" in str(refused.error) and "--fresh" in str(refused.error)
     extended = runner("total seen", LOOP, "--accept-changes")
     assert extended.error is None and runner.ns["total"] == sum(range(20))
@@ -195,6 +198,14 @@ def test_unpicklable_state_fails_at_position_zero_naming_the_path(runner):
     )
     assert type(outcome.error).__name__ == "NotSerializableError"
     assert "state['gen']" in str(outcome.error) and "ran" not in runner.ns
+
+
+def test_state_that_becomes_unpicklable_stops_the_loop_and_keeps_the_last_checkpoint(runner):
+    body = "box = {'v': 0}\nfor i in range(10):\n    box['v'] = i\n    if i == 5:\n        box['gen'] = (x for x in [1])\n"
+    outcome = runner("box", body, "--every 2it")
+    assert type(outcome.error).__name__ == "NotSerializableError" and "box['gen']" in str(outcome.error)
+    assert [m["position"] for m in runner.manifests()][-1] == 4
+    assert load("t", dir=runner.directory)["box"] == {"v": 3}
 
 
 def test_unnamed_state_warning(runner):
