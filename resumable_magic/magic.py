@@ -19,7 +19,8 @@ from .cellrun import run_cell
 from .cellsplit import split_cell
 from .errors import CellStructureError
 from .progress import ProgressModel, TextProgress
-from .store import digest
+from .run import default_directory
+from .store import RunStore, digest
 
 
 def derive_key(names: list[str], header: str, notebook: str | None, cell_id: str | None) -> str:
@@ -111,13 +112,22 @@ class ResumableMagics(Magics):
             )
         shell = self.shell
         source = shell.transform_cell(cell)
+        progress = self._make_progress(args.quiet or self.quiet)
+        directory = args.dir or self.dir
         key = args.name
         if key is None:
             try:
                 header = split_cell(source).header
             except CellStructureError:
                 header = ""  # run_cell reports the structure error with its full message
-            key = derive_key(names, header, self._notebook_path(), self._current_cell_id())
+            cell_id = self._current_cell_id()
+            key = derive_key(names, header, self._notebook_path(), cell_id)
+            if cell_id is None and not RunStore(directory or default_directory(), key).path.exists():
+                progress.message(
+                    "info",
+                    f"Checkpoint key {key!r}: this frontend sends no cell id, so the key comes from the "
+                    f"names and the loop's first line. Pass --name KEY to choose a key of your own.",
+                )
         full_cell = f"%%resumable {line}\n{cell}"
         filename = shell.compile.cache(full_cell, shell.execution_count)
         run_cell(
@@ -125,11 +135,11 @@ class ResumableMagics(Magics):
             names,
             shell.user_ns,
             key=key,
-            dir=args.dir or self.dir,
+            dir=directory,
             every=args.every or self.every,
             fresh=args.fresh,
             accept_changes=args.accept_changes,
-            progress=self._make_progress(args.quiet or self.quiet),
+            progress=progress,
             filename=filename,
             line_offset=1,
             code=cell,

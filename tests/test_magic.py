@@ -322,6 +322,15 @@ def test_exception_traceback_points_at_the_users_line(shell, capsys):
     assert "----> 5     1 / (i - 2)" in out and "cellrun.py" not in out and "run.py" not in out
 
 
+def test_fallback_key_suggests_name_on_the_first_run_only(shell, capsys):
+    cell = "%%resumable acc\nacc = 0\nfor i in range(3):\n    acc += i\n"
+    capsys.readouterr()
+    assert shell.run_cell(cell).success
+    assert "Pass --name KEY" in capsys.readouterr().out
+    assert shell.run_cell(cell).success
+    assert "Pass --name KEY" not in capsys.readouterr().out
+
+
 def test_help_is_available(shell):
     doc = shell.find_cell_magic("resumable").__doc__
     assert "--every" in doc and "Run a loop whose state survives kernel crashes" in doc
