@@ -18,6 +18,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import nbformat
@@ -29,12 +30,14 @@ HERE = Path(__file__).resolve().parent
 ARTIFACTS = Path(os.environ.get("RESUMABLE_ARTIFACTS", HERE.parent / "ci-artifacts"))
 
 
-def newest_position(run_dir: Path) -> int:
-    positions = [-1]
+def newest_checkpoint(run_dir: Path) -> tuple[int, float]:
+    """(position, time written) of the newest checkpoint; (-1, 0) when there is none."""
+    newest = (-1, 0.0)
     for path in run_dir.glob("manifest.*.json"):
         with contextlib.suppress(OSError, ValueError):  # a manifest being replaced right now
-            positions.append(json.loads(path.read_text())["position"])
-    return max(positions)
+            record = json.loads(path.read_text())
+            newest = max(newest, (record["position"], record["created"]))
+    return newest
 
 
 def cell_text(cell: nbformat.NotebookNode) -> str:
@@ -76,13 +79,14 @@ def main() -> int:
         def kill_mid_loop() -> None:
             nonlocal killed_at
             while not stop.wait(0.02):
-                position = newest_position(run_dir)
+                position, written = newest_checkpoint(run_dir)
                 try:
                     reached = json.loads((run_dir / "heartbeat.json").read_text())["position"]
                 except (OSError, ValueError, KeyError):
                     reached = -1
-                # Crash with some work done past the newest checkpoint, as a real crash would.
-                if position >= 1000 and reached >= position + 150:
+                # Crash with work done past the newest checkpoint, as a real crash would, and well
+                # before the next one is due (--every 1s), so the checkpoint read here is the last.
+                if position >= 1000 and reached > position and 0.4 < time.time() - written < 0.8:
                     killed_at = position
                     os.kill(pid, signal.SIGKILL)
                     return

@@ -18,7 +18,7 @@ from traitlets import Bool, Unicode
 from .cellrun import run_cell
 from .cellsplit import split_cell
 from .errors import CellStructureError
-from .progress import ProgressModel, TextProgress
+from .progress import ProgressModel
 from .run import default_directory
 from .store import RunStore, digest
 
@@ -171,7 +171,9 @@ class ResumableMagics(Magics):
             return None
 
     def _make_progress(self, quiet: bool) -> ProgressModel:
-        return TextProgress(quiet=quiet)
+        from .widget import make_widget_progress  # lazy: ipywidgets only when a cell runs
+
+        return make_widget_progress(quiet)
 
 
 def load_ipython_extension(ipython: Any) -> None:

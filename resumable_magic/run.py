@@ -46,7 +46,7 @@ from .wakeup import TICK_SECONDS, Wakeup
 __all__ = ["Resumable", "default_directory", "fingerprint_inputs", "load"]
 
 _RNG_KEY = "__resumable_rng__"
-_HEARTBEAT_SECONDS = 1.0  # a tiny unsynced write; lets a resume say how much work is redone
+_HEARTBEAT_SECONDS = 0.25  # a tiny unsynced write (~50 us) at each wake-up; lets a resume say what is redone
 _SIMPLE = (bool, int, float, complex, str, bytes, type(None))
 _MAX_INPUT_REPR = 1000
 _MISSING = object()  # "no item": a checkpoint not taken at a for-loop boundary

@@ -141,7 +141,11 @@ class WidgetProgress(ProgressModel):
 
     def message(self, level: str, text: str) -> None:
         super().message(level, text)
-        if level != "info":  # also in the cell's stream output, where every frontend shows it
+        # Also in the cell's stream output: every frontend shows it, and it stays in the saved
+        # notebook as text (the resume banner says what was restored and what is redone).
+        if level == "info":
+            print(text, file=sys.stdout, flush=True)
+        else:
             print(f"resumable: {text}", file=self._err or sys.stderr, flush=True)
 
     def run_ended(self, outcome: str, detail: str = "") -> None:

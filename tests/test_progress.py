@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -281,7 +282,7 @@ def test_summary_line_finished_with_resume(model, clock):
     model.run_ended("finished")
     assert model.summary() == (
         "finished: 1,000 iterations (400 this run) in 1 min 20 s, 1 checkpoint (last 4.0 KiB), "
-        "overhead 1.2%, resumed from iteration 600"
+        "overhead 1.2%, resumed from iteration 600 (37 iterations redone)"
     )
     assert model.line() == model.summary()
 
@@ -332,7 +333,7 @@ def test_summary_replayed(model):
     assert snap.state == "replayed" and snap.since_checkpoint is None
     assert summary_line(snap) == (
         "replayed: the finished run's final values (10 iterations) were restored from its completion "
-        "record; the loop was skipped"
+        "record; the loop was skipped (--fresh runs it again)"
     )
 
 
@@ -422,3 +423,148 @@ def test_text_view_defaults_to_sys_stdout(capsys):
     view.advanced(1)
     view.run_ended("finished")
     assert capsys.readouterr().out.strip().startswith("finished: 1 iterations")
+
+
+# -- the widget view (ipywidgets, no kernel: its comms go nowhere) --------------------------------
+
+
+class FakeDisplay:
+    def __init__(self) -> None:
+        self.shown: list[dict] = []
+
+    def __call__(self, obj, display_id=None):
+        assert display_id is True
+        self.shown.append(obj._repr_mimebundle_())
+        return self
+
+    def update(self, obj) -> None:
+        self.shown.append(obj._repr_mimebundle_())
+
+
+@pytest.fixture
+def widget_view(clock):
+    pytest.importorskip("ipywidgets")
+    from resumable_magic.widget import WidgetProgress
+
+    display = FakeDisplay()
+    view = WidgetProgress(clock=clock, wall=clock.wall, display=display, tick=3600, err_stream=io.StringIO())
+    yield view, display
+    view.run_ended("finished")  # stops the timer thread
+
+
+def test_widget_text_plain_is_the_line_then_the_summary(widget_view, clock):
+    view, display = widget_view
+    view.run_started(start(total=40))
+    first = display.shown[0]
+    assert first["text/plain"] == "running 0% 0/40 | - it/s | no checkpoint yet, overhead 0.0%"
+    assert "application/vnd.jupyter.widget-view+json" in first
+    view.checkpoint_started(0)
+    view.checkpoint_finished(stats(0, wall=clock.wall()))
+    clock.tick(2)
+    view.advanced(40)
+    assert repr(view.panel) == view.line()
+    view.run_ended("finished")
+    last = display.shown[-1]
+    assert last["text/plain"] == view.summary() and last["text/plain"].startswith("finished: 40 iterations")
+    assert (
+        last["application/vnd.jupyter.widget-view+json"] == first["application/vnd.jupyter.widget-view+json"]
+    )
+    assert "VBox" not in str(display.shown)
+
+
+def test_widget_renders_state_bar_and_details(widget_view, clock):
+    view, _ = widget_view
+    resumed = ResumeInfo(from_position=20, checkpoint_wall_time=T0, generation=3, redone_iterations=4)
+    view.run_started(start(total=40, start_position=20, resumed=resumed))
+    view.message("info", "Resumed total from the checkpoint at iteration 20 of 40 (written ...).")
+    view.message("warning", "the <cell> changed")
+    assert "restored checkpoint of" in view.details.value and "no new checkpoint yet" in view.details.value
+    view.checkpoint_started(25)
+    view._render()
+    assert "rm-state-checkpointing" in view.state_label.value and view.bar.bar_style == "warning"
+    view.checkpoint_finished(stats(25, nbytes=3 * 2**20, seconds=0.25, wall=clock.wall()))
+    clock.tick(3)
+    view.advanced(30)
+    view._render()
+    html = view.details.value
+    assert view.bar.max == 40 and view.bar.value == 30
+    assert "75% · 30 / 40" in view.count_label.value
+    assert '<span class="rm-since">3 s</span>' in html
+    assert '<span class="rm-checkpoints">1 written</span>' in html and "3.0 MiB" in html
+    assert '<span class="rm-unsaved">5 iterations unsaved</span>' in html
+    assert "resumed from iteration 20" in html and "redoing 4 iterations" in html
+    assert "Resumed total from" not in html  # the run's banner is shown as the resume row
+    assert "the &lt;cell&gt; changed" in html  # escaped
+    view.run_ended("failed", "ZeroDivisionError: division by zero")
+    assert "rm-state-failed" in view.state_label.value and view.bar.bar_style == "danger"
+    assert "rm-since" not in view.details.value  # a relative time means nothing after the end
+    assert "rm-last-clock" in view.details.value and "rm-summary" in view.details.value
+
+
+def test_widget_without_total_hides_the_bar_and_counts(widget_view, clock):
+    view, _ = widget_view
+    view.run_started(start(total=None))
+    clock.tick(1)
+    view.advanced(7)
+    view._render()
+    assert view.bar.layout.display == "none"
+    assert "7 iterations" in view.count_label.value and "7.00 it/s" in view.details.value
+
+
+def test_widget_timer_ticks_from_its_thread_and_stops_at_the_end():
+    pytest.importorskip("ipywidgets")
+    from resumable_magic.widget import WidgetProgress
+
+    display = FakeDisplay()
+    view = WidgetProgress(display=display, tick=0.01)
+    view.run_started(start(total=10))
+    deadline = time.monotonic() + 10
+    while view.renders < 5 and time.monotonic() < deadline:  # polling the counter the thread bumps
+        time.sleep(0.01)
+    assert view.renders >= 5
+    view.run_ended("finished")
+    assert not view._timer.is_alive()
+    renders = view.renders
+    time.sleep(0.05)
+    assert view.renders == renders
+
+
+def test_factory_chooses_text_without_a_kernel_or_when_quiet():
+    pytest.importorskip("ipywidgets")
+    from resumable_magic.widget import make_widget_progress
+
+    assert type(make_widget_progress(quiet=False)) is TextProgress  # no kernel in this process
+    quiet = make_widget_progress(quiet=True)
+    assert type(quiet) is TextProgress and quiet._quiet
+
+
+@pytest.mark.kernel
+def test_nbclient_stores_the_summary_as_text_plain(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    source = (
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+        "from resumable_magic.progress import CheckpointStats, StartInfo\n"
+        "from resumable_magic.widget import make_widget_progress\n"
+        "p = make_widget_progress(quiet=False)\n"
+        "p.run_started(StartInfo('k', ('x',), 5, 0, 'every 1it'))\n"
+        "for i in range(5):\n"
+        "    p.checkpoint_started(i)\n"
+        "    p.checkpoint_finished(CheckpointStats(i + 1, i, time.time(), 100, 0.001))\n"
+        "    time.sleep(0.1)\n"
+        "    p.advanced(i + 1)\n"
+        "p.run_ended('finished')\n"
+        "print(type(p).__name__)"
+    )
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
+    nbclient.NotebookClient(
+        nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    outputs = nb.cells[0].outputs
+    displays = [o for o in outputs if o.output_type == "display_data"]
+    assert len(displays) == 1
+    text = displays[0].data["text/plain"]
+    assert text.startswith("finished: 5 iterations in ") and "5 checkpoints" in text
+    assert "application/vnd.jupyter.widget-view+json" in displays[0].data
+    assert [o.text for o in outputs if o.output_type == "stream"] == ["WidgetProgress\n"]

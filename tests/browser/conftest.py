@@ -236,23 +236,37 @@ class Lab:
         return page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell").nth(index)
 
     def run_cell(self, page: Any, index: int, wait: bool = True, timeout: float = 60_000) -> None:
-        """Click into cell ``index`` and press Shift+Enter; waits until the kernel took it
-        (prompt ``[*]``, or a new number) and, with ``wait``, until it finished."""
+        """Click into cell ``index`` and press Shift+Enter; waits until the kernel took it and, with
+        ``wait``, until it finished. "Took it" is the prompt turning ``[*]``, seen by a
+        MutationObserver (a quick cell may be ``[*]`` for less than a polling interval, and after a
+        kernel restart it may end with the same number it had before)."""
         cell = self.cell(page, index)
-        prompt = cell.locator(".jp-InputPrompt")
-        before = prompt.inner_text().strip()
+        handle = cell.element_handle()
+        before = cell.locator(".jp-InputPrompt").inner_text().strip()
+        handle.evaluate(
+            """cell => {
+                if (cell.__rmObserver) cell.__rmObserver.disconnect();
+                cell.__rmStarted = false;
+                const seen = () => {
+                    const prompt = cell.querySelector('.jp-InputPrompt');
+                    if (prompt && prompt.textContent.includes('*')) cell.__rmStarted = true;
+                };
+                cell.__rmObserver = new MutationObserver(seen);
+                cell.__rmObserver.observe(cell, {subtree: true, childList: true, characterData: true});
+            }"""
+        )
         cell.locator(".jp-InputArea-editor").click()
         page.keyboard.press("Shift+Enter")
-        handle = cell.element_handle()
         page.wait_for_function(
             """([cell, before]) => {
                 const t = cell.querySelector('.jp-InputPrompt').textContent.trim();
-                return t.includes('[*]') || (/\\[\\d+\\]/.test(t) && t !== before);
+                return cell.__rmStarted || t.includes('*') || (/\\[\\d+\\]/.test(t) && t !== before);
             }""",
             arg=[handle, before],
             timeout=timeout,
             polling=50,
         )
+        handle.evaluate("cell => cell.__rmObserver && cell.__rmObserver.disconnect()")
         if wait:
             self.wait_cell_done(page, index, timeout=timeout)
 
@@ -384,11 +398,16 @@ def _stop_server(server: Lab) -> None:
 
 
 @pytest.fixture(scope="session")
-def browser(chromium: str) -> Iterator[Any]:
+def browser(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
+    # Chromium's crash reporter and caches go under XDG dirs: keep them out of the home directory too.
+    home = tmp_path_factory.mktemp("chromium")
+    env = {**os.environ, "XDG_CONFIG_HOME": str(home / "config"), "XDG_CACHE_HOME": str(home / "cache")}
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(
+            executable_path=chromium, headless=True, args=CHROMIUM_ARGS, env=env
+        )
         try:
             yield browser
         finally:

@@ -42,12 +42,18 @@ def text(locator) -> str:
 
 
 def wait_panel(lab, page, index: int):
-    panel = lab.cell(page, index).locator(".resumable-progress")
-    try:
-        panel.wait_for(state="visible", timeout=30_000)
-    except Exception as exc:
-        outputs = lab.outputs(page, index)
-        raise AssertionError(f"{NOT_WIRED}; cell outputs: {outputs}") from exc
+    cell = lab.cell(page, index)
+    # the panel appears, or the cell ends without one
+    page.wait_for_function(
+        """(cell) => !!cell.querySelector('.resumable-progress')
+            || /\\[\\d+\\]/.test(cell.querySelector('.jp-InputPrompt').textContent)""",
+        arg=cell.element_handle(),
+        timeout=30_000,
+        polling=100,
+    )
+    panel = cell.locator(".resumable-progress")
+    assert panel.count() == 1, f"{NOT_WIRED}; cell outputs: {lab.outputs(page, index)}"
+    panel.wait_for(state="visible")
     outputs = " ".join(lab.outputs(page, index))
     assert "Loading widget" not in outputs and "VBox(" not in outputs, outputs
     return panel

@@ -1,0 +1,199 @@
+"""Text of the progress model: formatting of durations, sizes, rates and clock times, and the two
+lines every view shows, the compact progress line and the final summary line.
+
+Pure functions of a :class:`~resumable_magic.progress.Snapshot`; the text view
+(:class:`~resumable_magic.progress.TextProgress`) prints them, the widget uses them as its
+``text/plain`` representation. ``resumable_magic.progress`` re-exports them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .progress import Snapshot
+
+__all__ = [
+    "checkpoint_text",
+    "format_clock",
+    "format_count",
+    "format_duration",
+    "format_rate",
+    "format_size",
+    "progress_line",
+    "resume_text",
+    "summary_line",
+]
+
+
+def format_duration(seconds: float, whole: bool = False) -> str:
+    """``0.35 s``, ``4.2 s``, ``42 s``, ``3 min 05 s``, ``2 h 04 min``, ``3 d 04 h``.
+
+    ``whole``: whole seconds below a minute (``4 s``), for labels that tick every second.
+    """
+    seconds = max(seconds, 0.0)
+    if seconds < 10 and not whole:
+        return f"{seconds:.2f} s" if seconds < 1 else f"{seconds:.1f} s"
+    if seconds < 59.5:
+        return f"{int(seconds) if whole else round(seconds)} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours:02d} h"
+
+
+def format_size(nbytes: float) -> str:
+    """``512 B``, ``1.5 KiB``, ``2.0 GiB``, ``1.5 TiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(nbytes) < 1024 or unit == "TiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_count(n: int) -> str:
+    """``1,234,567``."""
+    return f"{n:,}"
+
+
+def format_rate(rate: float | None) -> str:
+    """``1,234 it/s``, ``45.6 it/s``, ``3.21 it/s``; slower than one a second: ``2.0 s/it``, ``12.5 s/it``, ``3 min 05 s/it``."""
+    if rate is None:
+        return "- it/s"
+    if rate <= 0:
+        return "0 it/s"
+    if rate >= 100:
+        return f"{rate:,.0f} it/s"
+    if rate >= 10:
+        return f"{rate:.1f} it/s"
+    if rate >= 1:
+        return f"{rate:.2f} it/s"
+    seconds = 1 / rate
+    return f"{seconds:.1f} s/it" if seconds < 59.5 else f"{format_duration(seconds)}/it"
+
+
+def format_clock(wall: float, now: float | None = None) -> str:
+    """Local wall-clock time: ``14:03:22`` today, ``2024-05-01 14:03`` on another day."""
+    then = time.localtime(wall)
+    today = time.localtime(time.time() if now is None else now)
+    if then[:3] == today[:3]:
+        return time.strftime("%H:%M:%S", then)
+    return time.strftime("%Y-%m-%d %H:%M", then)
+
+
+def _position_text(snap: Snapshot) -> str:
+    if snap.total is not None:
+        pct = f"{snap.fraction:.0%}" if snap.fraction is not None else "-"
+        return f"{pct} {format_count(snap.position)}/{format_count(snap.total)}"
+    return f"{format_count(snap.position)} it"
+
+
+def checkpoint_text(snap: Snapshot) -> str:
+    """``last checkpoint 12 s ago (14:03:22), 5 written, 12.3 MiB in 0.12 s, overhead 0.8%``."""
+    last = snap.last_checkpoint
+    if last is None:
+        if snap.resumed is not None:
+            text = f"restored checkpoint of {format_clock(snap.resumed.checkpoint_wall_time, snap.now_wall)}"
+        else:
+            text = "no checkpoint yet"
+    else:
+        ago = format_duration(snap.since_checkpoint or 0.0, whole=True)
+        text = (
+            f"last checkpoint {ago} ago ({format_clock(last.wall_time, snap.now_wall)}), "
+            f"{snap.checkpoints} written, {format_size(last.nbytes)} in {format_duration(last.seconds)}"
+        )
+    text += f", overhead {snap.overhead:.1%}"
+    if snap.failed_checkpoints:
+        text += f", {snap.failed_checkpoints} failed"
+    return text
+
+
+def resume_text(snap: Snapshot) -> str:
+    """``resumed from iteration 1,200 (checkpoint of 14:03:22), redoing 37 iterations (12 s)``, or ''."""
+    info = snap.info
+    if info is None:
+        return ""
+    if info.replayed:
+        return f"finished run replayed from its completion record ({format_count(snap.position)} iterations)"
+    resumed = info.resumed
+    if resumed is None:
+        return ""
+    text = (
+        f"resumed from iteration {format_count(resumed.from_position)} "
+        f"(checkpoint of {format_clock(resumed.checkpoint_wall_time, snap.now_wall)})"
+    )
+    lost = []
+    if resumed.redone_iterations is not None:
+        n = resumed.redone_iterations
+        lost.append(f"{format_count(n)} iteration{'' if n == 1 else 's'}")
+    if resumed.redone_seconds is not None:
+        lost.append(format_duration(resumed.redone_seconds))
+    if lost:
+        text += f", redoing {lost[0]}" + (f" ({lost[1]})" if len(lost) > 1 else "")
+    return text
+
+
+def progress_line(snap: Snapshot) -> str:
+    """The compact line while running:
+    ``running 45% 90,000/200,000 | 1,234 it/s | ETA 1 min 29 s | last checkpoint 12 s ago (14:03:22), ...``.
+    """
+    parts = [f"{snap.state} {_position_text(snap)}", format_rate(snap.rate)]
+    if snap.eta is not None:
+        parts.append(f"ETA {format_duration(snap.eta, whole=True)}")
+    parts.append(checkpoint_text(snap))
+    return " | ".join(parts)
+
+
+def summary_line(snap: Snapshot) -> str:
+    """The one-line final summary: outcome, iterations, wall time, checkpoints, overhead, resumes."""
+    info = snap.info
+    if info is not None and info.replayed:
+        return (
+            f"replayed: the finished run's final values ({format_count(snap.position)} iterations) were "
+            "restored from its completion record; the loop was skipped (--fresh runs it again)"
+        )
+    last = snap.last_checkpoint
+    if snap.state == "finished":
+        head = f"finished: {format_count(snap.position)} iterations"
+        if snap.start_position:
+            head += f" ({format_count(snap.done)} this run)"
+    else:
+        head = f"{snap.state} at iteration {format_count(snap.position)}"
+    text = (
+        f"{head} in {format_duration(snap.elapsed)}, {snap.checkpoints} checkpoint"
+        f"{'' if snap.checkpoints == 1 else 's'}"
+    )
+    if last is not None:
+        text += f" (last {format_size(last.nbytes)})"
+    text += f", overhead {snap.overhead:.1%}"
+    resumed = snap.resumed
+    if resumed is not None:
+        if info is not None and info.resumes and info.resumes > 1:
+            text += (
+                f", resumed {info.resumes} times, last from iteration {format_count(resumed.from_position)}"
+            )
+        else:
+            text += f", resumed from iteration {format_count(resumed.from_position)}"
+        if resumed.redone_iterations:
+            n = resumed.redone_iterations
+            text += f" ({format_count(n)} iteration{'' if n == 1 else 's'} redone)"
+    if snap.detail:  # the run's own words: what stopped it and which checkpoint is kept
+        text += f": {snap.detail}"
+    elif snap.state in ("interrupted", "failed"):
+        if last is not None:
+            kept_at, kept_wall = last.position, last.wall_time
+        elif resumed is not None:
+            kept_at, kept_wall = resumed.from_position, resumed.checkpoint_wall_time
+        else:
+            return text + ", no checkpoint written"
+        saved = "checkpoint saved at" if snap.state == "interrupted" else "kept the checkpoint at"
+        text += (
+            f"; {saved} iteration {format_count(kept_at)} ({format_clock(kept_wall, snap.now_wall)}): "
+            "run the cell again to resume"
+        )
+    return text
