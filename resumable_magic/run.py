@@ -303,15 +303,17 @@ class Resumable:
             self._ended = True
             if isinstance(exc, RunInterrupted):
                 self.progress.run_ended("interrupted", str(exc))
+            elif isinstance(exc, KeyboardInterrupt):  # a second interrupt: stopped mid-iteration
+                self.progress.run_ended("interrupted", f"stopped at once; {self._kept()}")
             elif exc is not None:
-                kept = (
-                    f"the checkpoint at iteration {self._last_position:,} is kept: run again to resume from it"
-                    if self._last_generation is not None
-                    else "no checkpoint was written"
-                )
                 last_line = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
-                self.progress.run_ended("failed", f"{last_line}; {kept}")
+                self.progress.run_ended("failed", f"{last_line}; {self._kept()}")
         self._wakeup.stop()  # signals back; a SIGTERM that arrived now terminates the process
+
+    def _kept(self) -> str:
+        if self._last_generation is None:
+            return "no checkpoint was written"
+        return f"the checkpoint at iteration {self._last_position:,} is kept: run again to resume from it"
 
     # -- boundaries and checkpoints --------------------------------------------------------------------
     def _boundaries(self, iterator: Iterator[Any]) -> Iterator[Any]:
@@ -359,7 +361,15 @@ class Resumable:
         self.progress.checkpoint_started(position)
         started = time.monotonic()
         names = self.names + (self.final_names if final else ())
-        state = {n: self.namespace[n] for n in names if n in self.namespace or n not in self.final_names}
+        gone = [n for n in self.names if n not in self.namespace]
+        if gone:
+            raise StateVariableError(
+                gone[0],
+                f"State variable {gone[0]!r} no longer exists at iteration {position:,}: the loop deleted it. "
+                f"The checkpoint at iteration {self._last_position:,} is kept; keep the variable defined, "
+                f"or remove it from the names.",
+            )
+        state = {n: self.namespace[n] for n in names if n in self.namespace}
         state[_RNG_KEY] = rng.capture()
         try:
             data = dumps_state(state)

@@ -208,6 +208,16 @@ def test_state_that_becomes_unpicklable_stops_the_loop_and_keeps_the_last_checkp
     assert load("t", dir=runner.directory)["box"] == {"v": 3}
 
 
+def test_state_deleted_by_the_loop_is_named(runner):
+    outcome = runner(
+        "a b", "a, b = 0, 0\nfor i in range(6):\n    a += 1\n    if i == 3:\n        del b\n", "--every 2it"
+    )
+    assert type(outcome.error).__name__ == "StateVariableError"
+    assert "'b' no longer exists at iteration 4" in str(outcome.error) and "iteration 2 is kept" in str(
+        outcome.error
+    )
+
+
 def test_unnamed_state_warning(runner):
     outcome = runner("total", "total, log = 0, []\nfor i in range(3):\n    total += i\n    log.append(i)\n")
     assert outcome.error is None and "the loop changes 'log' (line" in outcome.out
