@@ -254,6 +254,8 @@ class Resumable:
         """Put the checkpoint's variables and RNG states in place (or write the first checkpoint)."""
         self._restored = True
         checkpoint = self._checkpoint
+        if not self.replayed:
+            self.store.clear_outcome()  # a new attempt: how the previous one ended no longer holds
         if checkpoint is None:
             self._require_names()
             self._wakeup.start()
@@ -301,13 +303,23 @@ class Resumable:
             self._iterator.close()  # syncs self.position when the loop raised between boundaries
         if not self._ended and not self.replayed:
             self._ended = True
+            outcome = detail = None
             if isinstance(exc, RunInterrupted):
-                self.progress.run_ended("interrupted", str(exc))
+                outcome, detail = "interrupted", str(exc)
             elif isinstance(exc, KeyboardInterrupt):  # a second interrupt: stopped mid-iteration
-                self.progress.run_ended("interrupted", f"stopped at once; {self._kept()}")
+                outcome, detail = "interrupted", f"stopped at once; {self._kept()}"
             elif exc is not None:
                 last_line = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
-                self.progress.run_ended("failed", f"{last_line}; {self._kept()}")
+                outcome, detail = "failed", f"{last_line}; {self._kept()}"
+                self.store.write_outcome(
+                    {"state": "failed", "error": last_line, "time": time.time(), "position": self.position}
+                )
+            if outcome == "interrupted":
+                self.store.write_outcome(
+                    {"state": "interrupted", "time": time.time(), "position": self.position}
+                )
+            if outcome is not None:
+                self.progress.run_ended(outcome, detail or "")
         self._wakeup.stop()  # signals back; a SIGTERM that arrived now terminates the process
 
     def _kept(self) -> str:

@@ -7,6 +7,7 @@
       manifest.<gen>.json       position, fingerprints, metadata, the state blob's digest; self-checksummed
       DONE                      completion record: names the final generation; self-checksummed
       heartbeat.json            best-effort progress of the live run (not a checkpoint)
+      outcome.json              how the last run ended when it did not finish (interrupted, failed)
 
 A checkpoint exists once its manifest is renamed into place and the directory is fsynced: every file
 is written to a temporary name, flushed, fsynced, then atomically renamed, so a crash at any point
@@ -243,6 +244,22 @@ class RunStore:
         record = {"pid": os.getpid(), "host": socket.gethostname(), "position": position, "time": time.time()}
         with contextlib.suppress(OSError):
             _write_atomic_nosync(self.path / "heartbeat.json", json.dumps(record).encode())
+
+    def write_outcome(self, record: dict[str, Any]) -> None:
+        """Record how the last run ended (interrupted, failed: with the error's last line); atomic."""
+        with contextlib.suppress(OSError):
+            _write_atomic(self.path / "outcome.json", json.dumps(record, ensure_ascii=False).encode())
+
+    def clear_outcome(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.path / "outcome.json")
+
+    def read_outcome(self) -> dict[str, Any] | None:
+        try:
+            record = json.loads((self.path / "outcome.json").read_bytes())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
 
     def clean_temporaries(self) -> None:
         """Remove temporary files left by writers that are gone (a crash mid-write)."""

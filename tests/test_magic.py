@@ -120,9 +120,12 @@ def test_exception_keeps_the_checkpoint_and_the_next_run_resumes_exactly(runner)
     failed = runner("total, seen", LOOP, "--every 5it")
     assert isinstance(failed.error, ValueError) and "boom at 23" in str(failed.error)
     assert max(m["position"] for m in runner.manifests()) == 20
+    outcome = json.loads((runner.directory / "t" / "outcome.json").read_text())
+    assert outcome["state"] == "failed" and outcome["error"] == "ValueError: boom at 23" and outcome["position"] == 23
     runner.ns["fail_at"] = -1  # not read by the loop's inputs check? it is: accept the change
     resumed = runner("total, seen", LOOP, "--every 5it --accept-changes")
     assert resumed.error is None and "from the checkpoint at iteration 20 of 40" in resumed.out
+    assert not (runner.directory / "t" / "outcome.json").exists()
     random.seed(5)
     expected = [random.random() for _ in range(40)]
     assert runner.ns["seen"] == expected and runner.ns["total"] == sum(range(40))
