@@ -14,6 +14,7 @@ __all__ = [
     "CellStructureError",
     "CheckpointCorruptError",
     "CheckpointFormatError",
+    "CheckpointWriteError",
     "InputsChangedError",
     "IterationMismatchError",
     "NoCheckpointError",
@@ -78,6 +79,18 @@ class CheckpointCorruptError(ResumableError):
     def __init__(self, path: Path | str, reason: str) -> None:
         self.path, self.reason = Path(path), reason
         super().__init__(f"Checkpoint file {str(path)!r} is damaged: {reason}.")
+
+
+class CheckpointWriteError(ResumableError, OSError):
+    """A checkpoint the run cannot go on without (the first, the final) could not be written."""
+
+    def __init__(self, path: Path | str, what: str, cause: OSError, kept: str) -> None:
+        self.path, self.cause = Path(path), cause
+        super().__init__(
+            f"Cannot write the {what} to {str(path)!r}: {cause.strerror or cause}. Free space or choose "
+            f"another --dir, then run the cell again; {kept}. The variables in the notebook are as the "
+            f"loop left them."
+        )
 
 
 class CheckpointFormatError(ResumableError):

@@ -30,6 +30,7 @@ from typing import Any
 
 from . import rng
 from .errors import (
+    CheckpointWriteError,
     InputsChangedError,
     IterationMismatchError,
     NotSerializableError,
@@ -163,7 +164,7 @@ class Resumable:
         self._next_heartbeat = 0.0
         self._first_tick = True
         self._iterator: Iterator[Any] | None = None
-        self._opened = self._restored = self._prepared = False
+        self._prepared = False
         self._ended = False
 
     # -- the script API ---------------------------------------------------------------------------
@@ -200,8 +201,10 @@ class Resumable:
 
         Raises before anything runs when resuming would be wrong (inputs changed) or impossible.
         """
-        self._opened = True
-        self.store.ensure()
+        try:
+            self.store.ensure()
+        except OSError as exc:
+            raise CheckpointWriteError(self.store.path, "checkpoint folder", exc, "nothing was run") from None
         self.store.clean_temporaries()
         result = self.store.read_latest()
         for problem in result.problems:
@@ -252,7 +255,6 @@ class Resumable:
 
     def restore(self) -> None:
         """Put the checkpoint's variables and RNG states in place (or write the first checkpoint)."""
-        self._restored = True
         checkpoint = self._checkpoint
         if not self.replayed:
             self.store.clear_outcome()  # a new attempt: how the previous one ended no longer holds
@@ -303,23 +305,18 @@ class Resumable:
             self._iterator.close()  # syncs self.position when the loop raised between boundaries
         if not self._ended and not self.replayed:
             self._ended = True
-            outcome = detail = None
+            outcome, detail, error = None, "", None
             if isinstance(exc, RunInterrupted):
                 outcome, detail = "interrupted", str(exc)
             elif isinstance(exc, KeyboardInterrupt):  # a second interrupt: stopped mid-iteration
                 outcome, detail = "interrupted", f"stopped at once; {self._kept()}"
             elif exc is not None:
-                last_line = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
-                outcome, detail = "failed", f"{last_line}; {self._kept()}"
-                self.store.write_outcome(
-                    {"state": "failed", "error": last_line, "time": time.time(), "position": self.position}
-                )
-            if outcome == "interrupted":
-                self.store.write_outcome(
-                    {"state": "interrupted", "time": time.time(), "position": self.position}
-                )
+                error = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+                outcome, detail = "failed", f"{error}; {self._kept()}"
             if outcome is not None:
-                self.progress.run_ended(outcome, detail or "")
+                record = {"state": outcome, "time": time.time(), "position": self.position}
+                self.store.write_outcome({**record, "error": error} if error else record)
+                self.progress.run_ended(outcome, detail)
         self._wakeup.stop()  # signals back; a SIGTERM that arrived now terminates the process
 
     def _kept(self) -> str:
@@ -409,7 +406,12 @@ class Resumable:
             generation = self.store.commit(manifest, keep=self._last_generation)
         except OSError as exc:
             if first or final:
-                raise
+                what = (
+                    "first checkpoint (before the loop)"
+                    if first
+                    else "final checkpoint (the loop has finished)"
+                )
+                raise CheckpointWriteError(self.store.path, what, exc, self._kept()) from None
             self.progress.checkpoint_failed(f"checkpoint at iteration {position:,} failed: {exc}")
             self._warn(
                 f"The checkpoint at iteration {position:,} could not be written ({exc}); the loop goes "
