@@ -27,7 +27,6 @@ from .errors import (
     RunInterrupted,
     StateVariableError,
 )
-from .run import Resumable, load
 
 __all__ = [
     "CellStructureError",
@@ -50,6 +49,15 @@ __all__ = [
     "load_ipython_extension",
     "unload_ipython_extension",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `import resumable_magic` and `resumable --help` stay fast; dill loads on first use.
+    if name in ("Resumable", "load"):
+        from . import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module 'resumable_magic' has no attribute {name!r}")
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -178,8 +178,11 @@ class ResumableMagics(Magics):
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext resumable_magic``."""
+    from .status_magic import StatusMagics
+
     magics = ResumableMagics(shell=ipython)
     ipython.register_magics(magics)
+    ipython.register_magics(StatusMagics)
     ipython.events.register("pre_run_cell", magics.pre_run_cell)
 
 

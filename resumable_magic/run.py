@@ -33,6 +33,7 @@ from .errors import (
     CheckpointWriteError,
     InputsChangedError,
     IterationMismatchError,
+    NoCheckpointError,
     NotSerializableError,
     ResumableError,
     RunInterrupted,
@@ -44,7 +45,7 @@ from .serialize import dumps_state, loads_state
 from .store import Checkpoint, RunStore, crash_point, digest
 from .wakeup import TICK_SECONDS, Wakeup
 
-__all__ = ["Resumable", "default_directory", "fingerprint_inputs", "load"]
+__all__ = ["Resumable", "default_directory", "fingerprint_inputs", "load", "variables_of"]
 
 _RNG_KEY = "__resumable_rng__"
 _HEARTBEAT_SECONDS = 0.25  # a tiny unsynced write (~50 us) at each wake-up; lets a resume say what is redone
@@ -537,18 +538,20 @@ def _quote(names: Iterable[str]) -> str:
     return ", ".join(repr(n) for n in names)
 
 
+def variables_of(checkpoint: Checkpoint) -> dict[str, Any]:
+    """The named variables a verified checkpoint holds (its RNG states left out)."""
+    payload = loads_state(checkpoint.state)
+    payload.pop(_RNG_KEY, None)
+    return payload
+
+
 def load(key: str, dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """The variables saved by the newest good checkpoint of run ``key``, as a dict.
 
     For scripts and other notebooks: ``load("train", dir=".resumable")["model"]``.
     """
-    from .errors import NoCheckpointError
-
     store = RunStore(dir if dir is not None else default_directory(), key)
     result = store.read_latest()
     if result.checkpoint is None:
-        detail = " ".join(str(p) for p in result.problems)
-        raise NoCheckpointError(key, store.directory, detail)
-    payload = loads_state(result.checkpoint.state)
-    payload.pop(_RNG_KEY, None)
-    return payload
+        raise NoCheckpointError(key, store.directory, " ".join(str(p) for p in result.problems))
+    return variables_of(result.checkpoint)

@@ -37,8 +37,8 @@ from .errors import CheckpointCorruptError, CheckpointFormatError, OptionError
 
 FORMAT_VERSION = 1
 DIGEST_ALGORITHM = "xxh3_128"
-_MANIFEST_RE = re.compile(r"^manifest\.(\d+)\.json$")
-_TMP_PREFIX = ".tmp-"
+MANIFEST_RE = re.compile(r"^manifest\.(\d+)\.json$")
+TMP_PREFIX = ".tmp-"
 _KEY_PART_RE = re.compile(r"[^A-Za-z0-9._=,+@-]")
 
 
@@ -96,7 +96,7 @@ def _write_atomic(path: Path, data: bytes, steps: tuple[str, str] | None = None)
 
     ``steps`` names the crash points after the write and after the fsync (tests only).
     """
-    tmp = path.with_name(f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}")
+    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         try:
@@ -261,13 +261,20 @@ class RunStore:
             return None
         return record if isinstance(record, dict) else None
 
+    def stale_temporaries(self) -> list[Path]:
+        """Temporary files left by writers that are gone (a crash mid-write)."""
+        return [
+            folder / name
+            for folder in (self.path, self.objects)
+            for name in _listdir(folder)
+            if name.startswith(TMP_PREFIX) and not _pid_alive_other(name)
+        ]
+
     def clean_temporaries(self) -> None:
-        """Remove temporary files left by writers that are gone (a crash mid-write)."""
-        for folder in (self.path, self.objects):
-            for tmp in _listdir(folder):
-                if tmp.startswith(_TMP_PREFIX) and not _pid_alive_other(tmp):
-                    with contextlib.suppress(OSError):
-                        os.unlink(folder / tmp)
+        """Remove :meth:`stale_temporaries`."""
+        for tmp in self.stale_temporaries():
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
     # -- reading ------------------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -319,7 +326,7 @@ class RunStore:
 
     def _generations(self) -> Iterable[int]:
         for name in _listdir(self.path):
-            match = _MANIFEST_RE.match(name)
+            match = MANIFEST_RE.match(name)
             if match:
                 yield int(match.group(1))
 
@@ -337,7 +344,7 @@ class RunStore:
                     os.unlink(path)
         _crash_point("collecting")
         for name in _listdir(self.objects):
-            if not name.startswith(_TMP_PREFIX) and name not in referenced:
+            if not name.startswith(TMP_PREFIX) and name not in referenced:
                 with contextlib.suppress(OSError):
                     os.unlink(self.objects / name)
         done = self.path / "DONE"
@@ -352,7 +359,7 @@ class RunStore:
 
 
 def _write_atomic_nosync(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{_TMP_PREFIX}{os.getpid()}-hb")
+    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-hb")
     tmp.write_bytes(data)
     os.replace(tmp, path)
 
@@ -367,7 +374,7 @@ def _listdir(path: Path) -> list[str]:
 def _pid_alive_other(tmp_name: str) -> bool:
     """True when the temp file belongs to another live process on this host (it may still be writing)."""
     try:
-        pid = int(tmp_name[len(_TMP_PREFIX) :].split("-", 1)[0])
+        pid = int(tmp_name[len(TMP_PREFIX) :].split("-", 1)[0])
     except ValueError:
         return False
     if pid == os.getpid():

@@ -1,0 +1,224 @@
+"""Every run under a checkpoint folder, and what state each is in: read-only, no IPython.
+
+A *run directory* is one holding ``manifest.*.json`` files; nested keys (``sweep/lr=0.01``) are
+sub-folders. For each run :func:`list_runs` reports its key, state, position and total (from the newest
+good checkpoint), the time of that checkpoint, its size on disk and, for a failed run, the error's line.
+
+States, decided in this order:
+
+``finished``     the DONE record names the newest good generation.
+``running``      ``heartbeat.json`` was written less than :data:`HEARTBEAT_TIMEOUT` seconds ago, no
+                 ``outcome.json`` was written after it, and, when the heartbeat's host is this host, its
+                 pid is alive. A live run writes its heartbeat every 0.25 s at iteration boundaries, so
+                 only a single iteration longer than the timeout makes a live run look crashed.
+``interrupted``  / ``failed``: as recorded in ``outcome.json`` when the last attempt ended.
+``crashed``      none of the above: the process died without a word (SIGKILL, OOM, power).
+
+Nothing here writes: listing is safe next to live runs (a file that vanishes mid-read is skipped, and
+a generation collected while it is read is retried once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ResumableError
+from .store import MANIFEST_RE, Checkpoint, RunStore
+
+__all__ = ["HEARTBEAT_TIMEOUT", "STATES", "RunInfo", "find_run", "list_runs"]
+
+HEARTBEAT_TIMEOUT = 30.0  # seconds without a heartbeat before a run no longer counts as running
+STATES = ("finished", "running", "interrupted", "failed", "crashed")
+
+
+@dataclass
+class RunInfo:
+    """One run as found on disk (no state bytes are kept)."""
+
+    key: str
+    path: Path
+    state: str
+    position: int | None = None
+    total: int | None = None
+    created: float | None = None  # wall time of the newest good checkpoint
+    size: int = 0  # bytes of all the run's files
+    error: str | None = None  # the error's line, for a failed run
+    generation: int | None = None
+    updated: float | None = None  # latest of checkpoint, heartbeat, outcome: the sort key
+    heartbeat: dict[str, Any] | None = None
+    outcome: dict[str, Any] | None = None
+    problems: list[str] = field(default_factory=list)  # damaged files passed over
+    manifest: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def progress(self) -> str:
+        """``"1,200/5,000"``, ``"1,200"`` without a total, ``"-"`` without a checkpoint."""
+        if self.position is None:
+            return "-"
+        return f"{self.position:,}/{self.total:,}" if self.total is not None else f"{self.position:,}"
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (without the manifest's bulky fields)."""
+        record = asdict(self)
+        record["path"] = str(self.path)
+        record.pop("manifest")
+        return record
+
+
+def list_runs(directory: str | os.PathLike[str]) -> list[RunInfo]:
+    """Every run under ``directory``, most recently active first; ``[]`` when there is none."""
+    root = Path(directory)
+    runs = [_inspect(root, path) for path in _run_dirs(root)]
+    runs.sort(key=lambda r: r.updated or 0.0, reverse=True)
+    return runs
+
+
+def find_run(directory: str | os.PathLike[str], key: str) -> RunInfo | None:
+    """The run stored under ``key`` (a key as given to the magic), or None when there is none."""
+    root = Path(directory)
+    store = RunStore(root, key)  # validates the key (OptionError) and maps it to its folder
+    if not _is_run_dir(store.path):
+        return None
+    return _inspect(root, store.path)
+
+
+# -- internals -------------------------------------------------------------------------------------
+
+
+def _listdir(path: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as entries:
+            return list(entries)
+    except OSError:
+        return []
+
+
+def _is_run_dir(path: Path) -> bool:
+    return any(MANIFEST_RE.match(e.name) for e in _listdir(path))
+
+
+def _run_dirs(root: Path) -> list[Path]:
+    found: list[Path] = []
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        entries = _listdir(folder)
+        if any(MANIFEST_RE.match(e.name) for e in entries):
+            found.append(folder)
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if entry.name != "objects" and entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+    return found
+
+
+def _size(run_dir: Path) -> int:
+    """Bytes of the run's own files and its objects/ (nested runs below it are not counted)."""
+    total = 0
+    for folder in (run_dir, run_dir / "objects"):
+        for entry in _listdir(folder):
+            with contextlib.suppress(OSError):
+                if entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+    return total
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    except (OSError, OverflowError, ValueError):
+        return False
+    return True
+
+
+def _is_running(heartbeat: dict[str, Any] | None, outcome: dict[str, Any] | None, now: float) -> bool:
+    if not heartbeat:
+        return False
+    try:
+        beat = float(heartbeat["time"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    if now - beat > HEARTBEAT_TIMEOUT:
+        return False
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        if float(outcome["time"]) >= beat:  # type: ignore[index]
+            return False  # the attempt ended (interrupted or failed) after its last heartbeat
+    if heartbeat.get("host") == socket.gethostname():
+        try:
+            return _pid_alive(int(heartbeat["pid"]))
+        except (KeyError, TypeError, ValueError):
+            return False
+    return True  # another host: the heartbeat's age is all we can judge by
+
+
+def _newest(store: RunStore) -> tuple[Checkpoint | None, list[str]]:
+    """The newest good checkpoint without its state bytes; retried once if a live run collected it."""
+    result = store.read_latest()
+    if result.checkpoint is None and result.problems:
+        result = store.read_latest()
+    checkpoint = result.checkpoint
+    if checkpoint is not None:  # drop the state bytes at once: a listing may span many big runs
+        checkpoint = Checkpoint(checkpoint.generation, checkpoint.manifest)
+    return checkpoint, [str(p) for p in result.problems]
+
+
+def _key_of(root: Path, run_dir: Path, manifest: dict[str, Any]) -> str:
+    key = manifest.get("key")
+    if isinstance(key, str) and key:
+        return key
+    try:
+        return run_dir.relative_to(root).as_posix()
+    except ValueError:
+        return run_dir.name
+
+
+def _inspect(root: Path, run_dir: Path) -> RunInfo:
+    store = RunStore(root, "_")
+    store.path, store.objects = run_dir, run_dir / "objects"  # exactly this folder, whatever the key
+    checkpoint, problems = _newest(store)
+    manifest = checkpoint.manifest if checkpoint else {}
+    info = RunInfo(key=_key_of(root, run_dir, manifest), path=run_dir, state="crashed", problems=problems)
+    info.manifest = manifest
+    if checkpoint is not None:
+        info.generation, info.position, info.created = (
+            checkpoint.generation,
+            checkpoint.position,
+            checkpoint.created,
+        )
+        total = manifest.get("total")
+        info.total = int(total) if isinstance(total, int) else None
+    info.size = _size(run_dir)
+    info.heartbeat = store.read_heartbeat()
+    info.outcome = store.read_outcome()
+
+    done = None
+    if checkpoint is not None:
+        try:
+            done = store.finished(checkpoint.generation)
+        except ResumableError as exc:  # a damaged DONE record: not finished, say why
+            info.problems.append(str(exc))
+    if done is not None:
+        info.state = "finished"
+    elif _is_running(info.heartbeat, info.outcome, time.time()):
+        info.state = "running"
+    elif info.outcome and info.outcome.get("state") in ("interrupted", "failed"):
+        info.state = str(info.outcome["state"])
+        if info.state == "failed":
+            error = info.outcome.get("error")
+            info.error = str(error).strip().splitlines()[-1] if error else None
+
+    times = [info.created]
+    for record in (info.heartbeat, info.outcome, done):
+        with contextlib.suppress(AttributeError, TypeError, ValueError):
+            times.append(float(record.get("time", record.get("finished"))))  # type: ignore[union-attr]
+    info.updated = max((t for t in times if t is not None), default=None)
+    return info

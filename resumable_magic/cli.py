@@ -1,0 +1,281 @@
+"""The ``resumable`` command: status, show, rm and gc over a checkpoint folder.
+
+Exit codes: 0 ok, 1 failure (a missing run, a refused deletion), 2 usage. Errors go to stderr as one
+line. Heavy modules (dill, the run machinery) are imported only by the subcommands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+_COLOURS = {"finished": "32", "running": "33", "crashed": "31", "failed": "31", "interrupted": "90"}
+COLUMNS = ("KEY", "STATE", "PROGRESS", "LAST CHECKPOINT", "SIZE", "NOTE")
+
+
+class _Failure(Exception):
+    """A failure to report as one line on stderr, exit code 1."""
+
+
+def human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def when(wall_time: float | None) -> str:
+    if wall_time is None:
+        return "-"
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wall_time))
+
+
+def table_rows(runs: Sequence[Any]) -> list[tuple[str, ...]]:
+    """The status table's cells, one tuple per run (shared with ``%resumable_status``)."""
+    rows = []
+    for run in runs:
+        note = run.error or ""
+        if run.problems and not note:
+            note = f"{len(run.problems)} damaged file(s) skipped"
+        rows.append((run.key, run.state, run.progress(), when(run.created), human_size(run.size), note))
+    return rows
+
+
+def plain_table(runs: Sequence[Any], colour: bool = False) -> str:
+    rows = table_rows(runs)
+    widths = [max(len(r[i]) for r in [COLUMNS, *rows]) for i in range(len(COLUMNS))]
+    lines = []
+    for index, row in enumerate([COLUMNS, *rows]):
+        cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=True)]
+        if colour and index > 0:
+            code = _COLOURS.get(row[1], "0")
+            cells[1] = f"\x1b[{code}m{cells[1]}\x1b[0m"
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _directory(args: argparse.Namespace) -> Path:
+    if args.dir is not None:
+        return Path(args.dir)
+    from .run import default_directory
+
+    return default_directory()
+
+
+def _find(directory: Path, key: str) -> Any:
+    from .catalog import find_run
+
+    info = find_run(directory, key)
+    if info is None:
+        raise _Failure(f"no run {key!r} in {str(directory)!r} (see `resumable status --dir {directory}`)")
+    return info
+
+
+# -- subcommands -------------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .catalog import list_runs
+
+    directory = _directory(args)
+    if not directory.is_dir():
+        raise _Failure(f"no checkpoint folder {str(directory)!r}")
+    runs = list_runs(directory)
+    if args.json:
+        print(json.dumps([r.to_json() for r in runs], indent=1))
+    elif not runs:
+        print(f"No runs in {str(directory)!r}.")
+    else:
+        print(plain_table(runs, colour=sys.stdout.isatty() and "NO_COLOR" not in os.environ))
+    return 0
+
+
+def _value_size(value: Any) -> str:
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int):
+        return human_size(nbytes)
+    try:
+        import dill
+
+        return human_size(len(dill.dumps(value)))
+    except Exception:
+        return "?"
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .run import variables_of
+    from .store import RunStore
+
+    directory = _directory(args)
+    info = _find(directory, args.key)
+    store = RunStore(directory, args.key)
+    result = store.read_latest()  # read once: the variables and the manifest of one generation
+    if result.checkpoint is None:
+        raise _Failure(f"run {args.key!r} has no readable checkpoint: {' '.join(map(str, result.problems))}")
+    checkpoint = result.checkpoint
+    manifest = checkpoint.manifest
+    variables = variables_of(checkpoint)
+    out = [
+        f"key:         {info.key}",
+        f"folder:      {info.path}",
+        f"state:       {info.state}" + (f" ({info.error})" if info.error else ""),
+        f"progress:    {checkpoint.position:,}"
+        + (f"/{manifest['total']:,}" if isinstance(manifest.get("total"), int) else ""),
+        f"checkpoint:  generation {checkpoint.generation}, written {when(checkpoint.created)}"
+        + (" (final)" if manifest.get("final") else ""),
+        f"size:        {human_size(info.size)} on disk, state {human_size(len(checkpoint.state))}",
+        "variables:",
+    ]
+    width = max((len(n) for n in variables), default=0)
+    for name, value in variables.items():
+        kind = type(value)
+        out.append(f"  {name.ljust(width)}  {kind.__module__}.{kind.__qualname__}  {_value_size(value)}")
+    out.append("metadata:")
+    for field in ("header", "names", "inputs", "item", "code_digest", "versions"):
+        if manifest.get(field) not in (None, {}, []):
+            out.append(f"  {field}: {json.dumps(manifest[field], ensure_ascii=False)}")
+    for problem in info.problems:
+        out.append(f"  damaged (skipped): {problem}")
+    code = manifest.get("code")
+    out.append("cell source:" if code else "cell source: (not recorded)")
+    if code:
+        out.extend(f"  {line}" for line in str(code).splitlines())
+    print("\n".join(out))
+    return 0
+
+
+def _remove_run_files(path: Path) -> None:
+    """Delete one run's own files (nested runs below it stay), then its folder if it is empty."""
+    import shutil
+
+    from .store import MANIFEST_RE, TMP_PREFIX
+
+    if (path / "objects").exists():
+        shutil.rmtree(path / "objects")
+    for entry in os.listdir(path):
+        if (
+            MANIFEST_RE.match(entry)
+            or entry in ("DONE", "heartbeat.json", "outcome.json")
+            or entry.startswith(TMP_PREFIX)
+        ):
+            os.unlink(path / entry)
+    if not os.listdir(path):
+        path.rmdir()
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    directory = _directory(args)
+    status = 0
+    for key in args.keys:
+        try:
+            info = _find(directory, key)
+            if info.state == "running":
+                beat = info.heartbeat or {}
+                raise _Failure(
+                    f"run {key!r} is running (pid {beat.get('pid')} on {beat.get('host')}); "
+                    f"stop it first: nothing was deleted"
+                )
+            _remove_run_files(info.path)
+            parent = info.path.parent
+            while parent != directory and parent.is_dir() and not os.listdir(parent):
+                parent.rmdir()  # the empty folders of a nested key
+                parent = parent.parent
+            print(f"removed {key} ({human_size(info.size)})")
+        except _Failure as exc:
+            print(f"resumable rm: {exc}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from .catalog import list_runs
+    from .store import RunStore
+
+    if args.final_values:
+        raise _Failure(
+            "--final-values is not implemented yet: a finished run whose state blob is gone would be "
+            "re-run from scratch by the current store, so nothing was deleted"
+        )
+    directory = _directory(args)
+    if not directory.is_dir():
+        raise _Failure(f"no checkpoint folder {str(directory)!r}")
+    runs = list_runs(directory)
+    total = sum(r.size for r in runs)
+    freed = 0
+    verb = "would free" if args.dry_run else "freed"
+    for run in runs:
+        if run.state == "running":
+            continue  # never touch a live run's files
+        for path in RunStore(directory, run.key).stale_temporaries():
+            try:
+                size = path.stat().st_size
+                if not args.dry_run:
+                    path.unlink()
+            except OSError:
+                continue
+            freed += size
+            print(f"{run.key}: stale temporary file {path.name} ({human_size(size)})")
+    print(
+        f"{len(runs)} run(s), {human_size(total)} in {str(directory)!r}; {verb} {human_size(freed)} "
+        f"of stale temporary files"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resumable", description="Inspect and clean up %%resumable checkpoint folders."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--dir", default=None, help="checkpoint folder (default: $RESUMABLE_DIR, else .resumable)"
+    )
+
+    p = sub.add_parser("status", parents=[common], help="a table of every run and its state")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("show", parents=[common], help="one run's variables, position, metadata, cell")
+    p.add_argument("key")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("rm", parents=[common], help="delete runs (never a running one)")
+    p.add_argument("keys", nargs="+", metavar="KEY")
+    p.set_defaults(func=cmd_rm)
+
+    p = sub.add_parser("gc", parents=[common], help="report space; delete stale temporary files")
+    p.add_argument("--dry-run", action="store_true", help="report only, delete nothing")
+    p.add_argument("--final-values", action="store_true", help="(not implemented yet)")
+    p.set_defaults(func=cmd_gc)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``resumable`` and ``python -m resumable_magic``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits 2 on a usage error
+    try:
+        return int(args.func(args))
+    except _Failure as exc:
+        print(f"resumable {args.command}: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"resumable {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # ResumableError, OSError, or a checkpoint that cannot be unpickled
+        from .errors import ResumableError
+
+        if not isinstance(exc, (ResumableError, OSError)) and args.command != "show":
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"resumable {args.command}: {type(exc).__name__}: {message}", file=sys.stderr)
+    return 1

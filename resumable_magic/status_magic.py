@@ -1,0 +1,71 @@
+"""``%resumable_status [DIR]``: the table of runs under a checkpoint folder, in the notebook.
+
+Displays an HTML table (state by colour: green finished, yellow running, red crashed or failed, grey
+interrupted) whose ``text/plain`` form is the same table as ``resumable status``.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from IPython.core.magic import Magics, line_magic, magics_class
+
+from .catalog import RunInfo, list_runs
+from .cli import COLUMNS, plain_table, table_rows
+
+_HTML_COLOURS = {
+    "finished": "#1a7f37",
+    "running": "#b08800",
+    "crashed": "#cf222e",
+    "failed": "#cf222e",
+    "interrupted": "#6e7781",
+}
+
+
+class StatusTable:
+    """The runs of one folder, shown as HTML in a notebook and as text elsewhere."""
+
+    def __init__(self, directory: Path, runs: Sequence[RunInfo]) -> None:
+        self.directory = directory
+        self.runs = list(runs)
+
+    def __repr__(self) -> str:
+        if not self.runs:
+            return f"No runs in {str(self.directory)!r}."
+        return plain_table(self.runs)
+
+    def _repr_html_(self) -> str:
+        if not self.runs:
+            return f"<p>No runs in <code>{html.escape(str(self.directory))}</code>.</p>"
+        head = "".join(f'<th style="text-align:left">{html.escape(c)}</th>' for c in COLUMNS)
+        body = []
+        for row in table_rows(self.runs):
+            colour = _HTML_COLOURS.get(row[1], "inherit")
+            cells = [f"<td>{html.escape(cell)}</td>" for cell in row]
+            cells[1] = (
+                f'<td class="resumable-{html.escape(row[1])}" style="color:{colour};font-weight:bold">'
+                f"{html.escape(row[1])}</td>"
+            )
+            body.append(f"<tr>{''.join(cells)}</tr>")
+        return (
+            f'<table class="resumable-status"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table>"
+        )
+
+
+@magics_class
+class StatusMagics(Magics):
+    @line_magic
+    def resumable_status(self, line: str = "") -> StatusTable:
+        """%resumable_status [DIR]: every run under DIR (default as %%resumable) and its state."""
+        from .run import default_directory
+
+        directory = Path(line.strip()) if line.strip() else default_directory()
+        return StatusTable(directory, list_runs(directory))
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    ipython.register_magics(StatusMagics)
