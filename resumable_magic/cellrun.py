@@ -9,6 +9,7 @@ iterations; the state is restored; the loop continues; teardown runs.
 from __future__ import annotations
 
 import os
+import re
 import types
 from collections.abc import MutableMapping, Sequence
 from typing import Any
@@ -25,9 +26,11 @@ from .cellsplit import (
     split_last_expression,
     unnamed_changes,
 )
+from .errors import OptionError
 from .policy import Every
 from .progress import ProgressModel
 from .run import Resumable
+from .store import digest
 
 
 def run_cell(
@@ -44,14 +47,23 @@ def run_cell(
     filename: str = "<resumable-cell>",
     line_offset: int = 0,
     code: str | None = None,
+    params: Sequence[str] = (),
 ) -> Resumable:
     """Run ``source`` (setup, one top-level loop, teardown) resumably in ``namespace``.
 
     ``code`` is the text compared across runs to warn about edits (default: ``source``). A final bare
-    expression in teardown is shown through ``sys.displayhook``, as a cell's value. Returns the run.
+    expression in teardown is shown through ``sys.displayhook``, as a cell's value. ``params`` names
+    variables (defined before the cell or in its setup) whose values become part of the key, so runs
+    with different parameters keep separate checkpoints; setup then runs before the checkpoint is
+    looked up. Returns the run.
     """
     __tracebackhide__ = True
     plan = split_cell(source, line_offset=line_offset)
+    inputs = {n: namespace[n] for n in free_names(plan) if n in namespace}
+    if params:
+        # The key depends on values setup may assign: run setup first, then find the checkpoint.
+        exec(compile_block(plan.setup, filename), namespace)
+        key = f"{key}/{params_key(params, namespace)}"
     run = Resumable(
         key,
         namespace,
@@ -60,7 +72,8 @@ def run_cell(
         every=every,
         fresh=fresh,
         accept_changes=accept_changes,
-        inputs={n: namespace[n] for n in free_names(plan) if n in namespace},
+        inputs=inputs,
+        params={n: repr(namespace[n]) for n in params},
         code=code if code is not None else source,
         progress=progress,
         header=plan.header,
@@ -81,7 +94,8 @@ def run_cell(
         )
 
     run.open()
-    exec(compile_block(plan.setup, filename), namespace)
+    if not params:
+        exec(compile_block(plan.setup, filename), namespace)
     if run.replayed:
         run.restore()
     else:
@@ -111,3 +125,22 @@ def run_cell(
         # 'single' mode hands the value to sys.displayhook: IPython shows it as the cell's Out[n].
         exec(compile_display(last, filename), namespace)
     return run
+
+
+_SAFE_TEXT = re.compile(r"^[A-Za-z0-9._+-]{1,40}$")
+
+
+def params_key(params: Sequence[str], namespace: MutableMapping[str, Any]) -> str:
+    """``lr=0.01,seed=3``: each parameter's value as short safe text, or ``h<hash>`` when it has none."""
+    parts = []
+    for name in params:
+        if name not in namespace:
+            raise OptionError("--params", name, "name variables defined before the cell or in its setup")
+        value = namespace[name]
+        text = (
+            repr(value) if isinstance(value, (bool, int, float)) else value if isinstance(value, str) else ""
+        )
+        if not _SAFE_TEXT.match(text):
+            text = "h" + digest(repr(value).encode())[:10]
+        parts.append(f"{name}={text}")
+    return ",".join(parts)

@@ -75,6 +75,13 @@ class ResumableMagics(Magics):
     )
     @argument("--name", default=None, help="Checkpoint key (default: from the notebook and the cell's id).")
     @argument(
+        "--params",
+        nargs="+",
+        default=None,
+        help="Variables whose values become part of the key (lr seed, or lr,seed): one checkpoint per "
+        "parameter set. Put it last, or its names swallow the state names after it.",
+    )
+    @argument(
         "--dir", default=None, help="Checkpoint directory (default: $RESUMABLE_DIR, else ./.resumable)."
     )
     @argument("--fresh", action="store_true", help="Ignore existing checkpoints and start over.")
@@ -143,6 +150,7 @@ class ResumableMagics(Magics):
             filename=filename,
             line_offset=1,
             code=cell,
+            params=_split_names(args.params or []),
         )
 
     # -- helpers -------------------------------------------------------------------------------------

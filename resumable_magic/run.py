@@ -116,6 +116,7 @@ class Resumable:
         progress: the progress model/view to report to (default: text on stdout).
         header: how to name the loop in messages (e.g. its first line).
         final_names: extra names saved with the final checkpoint only (a ``for`` loop's target).
+        params: parameter values (as text) that the key was built from; recorded in the metadata.
     """
 
     def __init__(
@@ -133,6 +134,7 @@ class Resumable:
         progress: ProgressModel | None = None,
         header: str = "loop",
         final_names: Sequence[str] = (),
+        params: Mapping[str, str] | None = None,
     ) -> None:
         self.key = key
         self.namespace = namespace
@@ -145,6 +147,7 @@ class Resumable:
         self.progress = progress if progress is not None else TextProgress()
         self.header = header
         self.final_names = tuple(n for n in final_names if n not in self.names)
+        self.params = dict(params or {})
 
         self.position = 0  # completed iterations
         self.total: int | None = None
@@ -395,6 +398,7 @@ class Resumable:
             "names": [n for n in names if n in state],
             "item": _item_fingerprint(item) if item is not _MISSING else None,
             "inputs": self.inputs,
+            "params": self.params,
             "code": self.code,
             "code_digest": digest(self.code.encode()) if self.code is not None else None,
             "header": self.header,

@@ -56,6 +56,12 @@ class Runner:
             error = None
             flags = options.split()
             every = flags[flags.index("--every") + 1] if "--every" in flags else None
+            params: list[str] = []
+            if "--params" in flags:
+                for token in flags[flags.index("--params") + 1 :]:
+                    if token.startswith("--"):
+                        break
+                    params.extend(p for p in token.split(",") if p)
             try:
                 run_cell(
                     body,
@@ -65,6 +71,7 @@ class Runner:
                     dir=self.directory,
                     every=every,
                     fresh="--fresh" in flags,
+                    params=params,
                     accept_changes="--accept-changes" in flags,
                     progress=TextProgress(),
                 )
@@ -121,7 +128,11 @@ def test_exception_keeps_the_checkpoint_and_the_next_run_resumes_exactly(runner)
     assert isinstance(failed.error, ValueError) and "boom at 23" in str(failed.error)
     assert max(m["position"] for m in runner.manifests()) == 20
     outcome = json.loads((runner.directory / "t" / "outcome.json").read_text())
-    assert outcome["state"] == "failed" and outcome["error"] == "ValueError: boom at 23" and outcome["position"] == 23
+    assert (
+        outcome["state"] == "failed"
+        and outcome["error"] == "ValueError: boom at 23"
+        and outcome["position"] == 23
+    )
     runner.ns["fail_at"] = -1  # not read by the loop's inputs check? it is: accept the change
     resumed = runner("total, seen", LOOP, "--every 5it --accept-changes")
     assert resumed.error is None and "from the checkpoint at iteration 20 of 40" in resumed.out
@@ -219,6 +230,45 @@ def test_state_deleted_by_the_loop_is_named(runner):
     assert "'b' no longer exists at iteration 4" in str(outcome.error) and "iteration 2 is kept" in str(
         outcome.error
     )
+
+
+SWEEP = """\
+import random
+random.seed(seed)
+acc = []
+for i in range(20):
+    acc.append(lr * random.random())
+    if i == fail_at:
+        raise ValueError("boom")
+"""
+
+
+def test_params_give_each_parameter_set_its_own_checkpoint(runner):
+    import random
+
+    runner.ns.update(lr=0.5, seed=1, fail_at=7)
+    assert isinstance(runner("acc", SWEEP, "--every 3it --params lr seed").error, ValueError)
+    runner.ns.update(lr=2.0, fail_at=-1)
+    other = runner("acc", SWEEP, "--every 3it --params lr,seed")
+    assert other.error is None and "Resumed" not in other.out  # its own run, not lr=0.5's checkpoint
+    runner.ns["lr"] = 0.5
+    resumed = runner("acc", SWEEP, "--every 3it --accept-changes --params lr seed")
+    assert resumed.error is None and "from the checkpoint at iteration 6 of 20" in resumed.out
+    random.seed(1)
+    assert runner.ns["acc"] == [0.5 * random.random() for _ in range(20)]
+    runs = sorted(p.name for p in (runner.directory / "t").iterdir())
+    assert runs == ["lr=0.5,seed=1", "lr=2.0,seed=1"]
+    manifest = json.loads(next((runner.directory / "t" / "lr=2.0,seed=1").glob("manifest.*")).read_text())
+    assert manifest["params"] == {"lr": "2.0", "seed": "1"}
+
+
+def test_params_from_setup_and_values_without_a_short_text(runner):
+    body = "mode = 'fast'\ntag = 'a b/c'\nn = 0\nfor i in range(3):\n    n += 1\n"
+    assert runner("n", body, "--params mode tag").error is None
+    (run,) = (runner.directory / "t").iterdir()
+    assert re.fullmatch(r"mode=fast,tag=h[0-9a-f]{10}", run.name)
+    missing = runner("n", body, "--params nope")
+    assert type(missing.error).__name__ == "OptionError" and "--params 'nope'" in str(missing.error)
 
 
 def test_unnamed_state_warning(runner):
