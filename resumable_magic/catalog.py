@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ResumableError
-from .store import MANIFEST_RE, Checkpoint, RunStore
+from .store import MANIFEST_RE, Checkpoint, RunStore, pid_alive
 
 __all__ = ["HEARTBEAT_TIMEOUT", "STATES", "RunInfo", "find_run", "list_runs"]
 
@@ -128,18 +128,6 @@ def _size(run_dir: Path) -> int:
     return total
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    except (OSError, OverflowError, ValueError):
-        return False
-    return True
-
-
 def _is_running(heartbeat: dict[str, Any] | None, outcome: dict[str, Any] | None, now: float) -> bool:
     if not heartbeat:
         return False
@@ -154,7 +142,7 @@ def _is_running(heartbeat: dict[str, Any] | None, outcome: dict[str, Any] | None
             return False  # the attempt ended (interrupted or failed) after its last heartbeat
     if heartbeat.get("host") == socket.gethostname():
         try:
-            return _pid_alive(int(heartbeat["pid"]))
+            return pid_alive(int(heartbeat["pid"]))
         except (KeyError, TypeError, ValueError):
             return False
     return True  # another host: the heartbeat's age is all we can judge by
@@ -182,8 +170,7 @@ def _key_of(root: Path, run_dir: Path, manifest: dict[str, Any]) -> str:
 
 
 def _inspect(root: Path, run_dir: Path) -> RunInfo:
-    store = RunStore(root, "_")
-    store.path, store.objects = run_dir, run_dir / "objects"  # exactly this folder, whatever the key
+    store = RunStore.at(run_dir, run_dir.name)
     checkpoint, problems = _newest(store)
     manifest = checkpoint.manifest if checkpoint else {}
     info = RunInfo(key=_key_of(root, run_dir, manifest), path=run_dir, state="crashed", problems=problems)

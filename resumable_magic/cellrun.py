@@ -85,12 +85,11 @@ def run_cell(
     changed = unnamed_changes(plan, existing, set(names))
     if changed:
         listed = ", ".join(f"{n!r} (line {line})" for n, line in changed.items())
+        they, them = ("it", "it") if len(changed) == 1 else ("they", "them")
         run.progress.message(
             "warning",
-            f"the loop changes {listed}, defined before the loop but not named as state: "
-            f"after a crash {'it' if len(changed) == 1 else 'they'} would not be restored. Add "
-            f"{'it' if len(changed) == 1 else 'them'} to the names if the result depends on "
-            f"{'it' if len(changed) == 1 else 'them'}.",
+            f"the loop changes {listed}, defined before the loop but not named as state: after a crash "
+            f"{they} would not be restored. Add {them} to the names if the result depends on {them}.",
         )
 
     run.open()

@@ -14,21 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .progress_text import format_size
+
 _COLOURS = {"finished": "32", "running": "33", "crashed": "31", "failed": "31", "interrupted": "90"}
 COLUMNS = ("KEY", "STATE", "PROGRESS", "LAST CHECKPOINT", "SIZE", "NOTE")
 
 
 class _Failure(Exception):
     """A failure to report as one line on stderr, exit code 1."""
-
-
-def human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
 
 
 def when(wall_time: float | None) -> str:
@@ -46,7 +39,7 @@ def table_rows(runs: Sequence[Any]) -> list[tuple[str, ...]]:
         note = run.error or ""
         if run.problems and not note:
             note = f"{len(run.problems)} damaged file(s) skipped"
-        rows.append((run.key, run.state, run.progress(), when(run.created), human_size(run.size), note))
+        rows.append((run.key, run.state, run.progress(), when(run.created), format_size(run.size), note))
     return rows
 
 
@@ -102,11 +95,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _value_size(value: Any) -> str:
     nbytes = getattr(value, "nbytes", None)
     if isinstance(nbytes, int):
-        return human_size(nbytes)
+        return format_size(nbytes)
     try:
         import dill
 
-        return human_size(len(dill.dumps(value)))
+        return format_size(len(dill.dumps(value)))
     except Exception:
         return "?"
 
@@ -132,7 +125,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         + (f"/{manifest['total']:,}" if isinstance(manifest.get("total"), int) else ""),
         f"checkpoint:  generation {checkpoint.generation}, written {when(checkpoint.created)}"
         + (" (final)" if manifest.get("final") else ""),
-        f"size:        {human_size(info.size)} on disk, state {human_size(len(checkpoint.state))}",
+        f"size:        {format_size(info.size)} on disk, state {format_size(len(checkpoint.state))}",
         "variables:",
     ]
     width = max((len(n) for n in variables), default=0)
@@ -189,7 +182,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
             while parent != directory and parent.is_dir() and not os.listdir(parent):
                 parent.rmdir()  # the empty folders of a nested key
                 parent = parent.parent
-            print(f"removed {key} ({human_size(info.size)})")
+            print(f"removed {key} ({format_size(info.size)})")
         except _Failure as exc:
             print(f"resumable rm: {exc}", file=sys.stderr)
             status = 1
@@ -223,9 +216,9 @@ def cmd_gc(args: argparse.Namespace) -> int:
             except OSError:
                 continue
             freed += size
-            print(f"{run.key}: stale temporary file {path.name} ({human_size(size)})")
+            print(f"{run.key}: stale temporary file {path.name} ({format_size(size)})")
     print(
-        f"{len(runs)} run(s), {human_size(total)} in {str(directory)!r}; {verb} {human_size(freed)} "
+        f"{len(runs)} run(s), {format_size(total)} in {str(directory)!r}; {verb} {format_size(freed)} "
         f"of stale temporary files"
     )
     return 0

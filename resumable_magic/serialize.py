@@ -7,7 +7,6 @@ after a restore. On failure the error names the variable and the path to the off
 from __future__ import annotations
 
 import io
-import pickle
 import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -106,12 +105,3 @@ def _find_culprit(state: Mapping[str, Any], exc: BaseException) -> tuple[str, st
         return name, path, f"a {type(obj).__name__}: {type(error).__name__}: {error}"
     # Each variable pickles alone but not together (rare: e.g. recursion limits on the joint graph).
     return ", ".join(state), ", ".join(state), f"{type(exc).__name__}: {exc}"
-
-
-def is_plain_picklable(obj: Any) -> bool:
-    """True when the standard pickler handles ``obj`` (used for cheap fingerprints)."""
-    try:
-        pickle.dumps(obj, protocol=PROTOCOL)
-    except Exception:
-        return False
-    return True

@@ -9,7 +9,6 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from IPython.core.magic import Magics, line_magic, magics_class
 
@@ -65,7 +64,3 @@ class StatusMagics(Magics):
 
         directory = Path(line.strip()) if line.strip() else default_directory()
         return StatusTable(directory, list_runs(directory))
-
-
-def load_ipython_extension(ipython: Any) -> None:
-    ipython.register_magics(StatusMagics)

@@ -197,6 +197,13 @@ class RunStore:
         self.path = self.directory / key_to_relpath(key)
         self.objects = self.path / "objects"
 
+    @classmethod
+    def at(cls, path: str | os.PathLike[str], key: str) -> RunStore:
+        """The store in exactly the folder ``path`` (found by listing), whatever its key maps to."""
+        store = cls(Path(path).parent, "_")
+        store.key, store.path, store.objects = key, Path(path), Path(path) / "objects"
+        return store
+
     # -- writing ------------------------------------------------------------------------------------
     def ensure(self) -> None:
         """Create the run's directories (private to the user)."""
@@ -371,18 +378,23 @@ def _listdir(path: Path) -> list[str]:
         return []
 
 
-def _pid_alive_other(tmp_name: str) -> bool:
-    """True when the temp file belongs to another live process on this host (it may still be writing)."""
-    try:
-        pid = int(tmp_name[len(TMP_PREFIX) :].split("-", 1)[0])
-    except ValueError:
-        return False
-    if pid == os.getpid():
-        return False
+def pid_alive(pid: int) -> bool:
+    """True when process ``pid`` exists on this host (someone else's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    except (OSError, OverflowError, ValueError):
+        return False
     return True
+
+
+def _pid_alive_other(tmp_name: str) -> bool:
+    """True when the temp file belongs to another live process on this host (it may still be writing)."""
+    try:
+        pid = int(tmp_name[len(TMP_PREFIX) :].split("-", 1)[0])
+    except ValueError:
+        return False
+    return pid != os.getpid() and pid_alive(pid)
