@@ -81,7 +81,7 @@ def main() -> int:
             while not stop.wait(0.02):
                 position, written = newest_checkpoint(run_dir)
                 try:
-                    reached = json.loads((run_dir / "heartbeat.json").read_text())["position"]
+                    reached = json.loads((run_dir / "owner.json").read_text())["position"]
                 except (OSError, ValueError, KeyError):
                     reached = -1
                 # Crash with work done past the newest checkpoint, as a real crash would, and well

@@ -7,10 +7,9 @@ good checkpoint), the time of that checkpoint, its size on disk and, for a faile
 States, decided in this order:
 
 ``finished``     the DONE record names the newest good generation.
-``running``      ``heartbeat.json`` was written less than :data:`HEARTBEAT_TIMEOUT` seconds ago, no
-                 ``outcome.json`` was written after it, and, when the heartbeat's host is this host, its
-                 pid is alive. A live run writes its heartbeat every 0.25 s at iteration boundaries, so
-                 only a single iteration longer than the timeout makes a live run look crashed.
+``running``      the run's lease (``owner.json``, see :mod:`resumable_magic.lease`) is held and live:
+                 not released, its heartbeat younger than its timeout and, on this host, its process
+                 alive. The heartbeat comes from a thread, so long iterations do not look dead.
 ``interrupted``  / ``failed``: as recorded in ``outcome.json`` when the last attempt ended.
 ``crashed``      none of the above: the process died without a word (SIGKILL, OOM, power).
 
@@ -22,18 +21,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ResumableError
-from .store import MANIFEST_RE, Checkpoint, RunStore, pid_alive
+from .lease import owner_state, read_lease
+from .store import MANIFEST_RE, Checkpoint, RunStore
 
-__all__ = ["HEARTBEAT_TIMEOUT", "STATES", "RunInfo", "find_run", "list_runs"]
+__all__ = ["STATES", "RunInfo", "find_run", "list_runs"]
 
-HEARTBEAT_TIMEOUT = 30.0  # seconds without a heartbeat before a run no longer counts as running
 STATES = ("finished", "running", "interrupted", "failed", "crashed")
 
 
@@ -51,7 +48,7 @@ class RunInfo:
     error: str | None = None  # the error's line, for a failed run
     generation: int | None = None
     updated: float | None = None  # latest of checkpoint, heartbeat, outcome: the sort key
-    heartbeat: dict[str, Any] | None = None
+    owner: dict[str, Any] | None = None  # the lease record (who runs it, last heartbeat, position)
     outcome: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)  # damaged files passed over
     manifest: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -128,26 +125,6 @@ def _size(run_dir: Path) -> int:
     return total
 
 
-def _is_running(heartbeat: dict[str, Any] | None, outcome: dict[str, Any] | None, now: float) -> bool:
-    if not heartbeat:
-        return False
-    try:
-        beat = float(heartbeat["time"])
-    except (KeyError, TypeError, ValueError):
-        return False
-    if now - beat > HEARTBEAT_TIMEOUT:
-        return False
-    with contextlib.suppress(KeyError, TypeError, ValueError):
-        if float(outcome["time"]) >= beat:  # type: ignore[index]
-            return False  # the attempt ended (interrupted or failed) after its last heartbeat
-    if heartbeat.get("host") == socket.gethostname():
-        try:
-            return pid_alive(int(heartbeat["pid"]))
-        except (KeyError, TypeError, ValueError):
-            return False
-    return True  # another host: the heartbeat's age is all we can judge by
-
-
 def _newest(store: RunStore) -> tuple[Checkpoint | None, list[str]]:
     """The newest good checkpoint without its state bytes; retried once if a live run collected it."""
     result = store.read_latest()
@@ -184,7 +161,7 @@ def _inspect(root: Path, run_dir: Path) -> RunInfo:
         total = manifest.get("total")
         info.total = int(total) if isinstance(total, int) else None
     info.size = _size(run_dir)
-    info.heartbeat = store.read_heartbeat()
+    info.owner = read_lease(run_dir)
     info.outcome = store.read_outcome()
 
     done = None
@@ -195,7 +172,7 @@ def _inspect(root: Path, run_dir: Path) -> RunInfo:
             info.problems.append(str(exc))
     if done is not None:
         info.state = "finished"
-    elif _is_running(info.heartbeat, info.outcome, time.time()):
+    elif info.owner is not None and owner_state(info.owner) == "live":
         info.state = "running"
     elif info.outcome and info.outcome.get("state") in ("interrupted", "failed"):
         info.state = str(info.outcome["state"])
@@ -204,8 +181,8 @@ def _inspect(root: Path, run_dir: Path) -> RunInfo:
             info.error = str(error).strip().splitlines()[-1] if error else None
 
     times = [info.created]
-    for record in (info.heartbeat, info.outcome, done):
+    for record in (info.owner, info.outcome, done):
         with contextlib.suppress(AttributeError, TypeError, ValueError):
-            times.append(float(record.get("time", record.get("finished"))))  # type: ignore[union-attr]
+            times.append(float(record.get("heartbeat", record.get("time", record.get("finished")))))  # type: ignore[union-attr]
     info.updated = max((t for t in times if t is not None), default=None)
     return info

@@ -92,31 +92,31 @@ def run_cell(
             f"{they} would not be restored. Add {them} to the names if the result depends on {them}.",
         )
 
-    run.open()
-    if not params:
-        exec(compile_block(plan.setup, filename), namespace)
-    if run.replayed:
-        run.restore()
-    else:
-        loop_code = compile_loop(plan, filename)
-        if plan.kind == "for":
-            iterable = eval(compile_iterable(plan, filename), namespace)
-            prepared = run.prepare(iterable)
-        run.restore()
-        try:
+    run.open()  # from here on the run holds its lease: close() gives it back, however this ends
+    try:
+        if not params:
+            exec(compile_block(plan.setup, filename), namespace)
+        if run.replayed:
+            run.restore()
+        else:
+            loop_code = compile_loop(plan, filename)
+            if plan.kind == "for":
+                iterable = eval(compile_iterable(plan, filename), namespace)
+                prepared = run.prepare(iterable)
+            run.restore()
             if plan.kind == "for":
                 namespace[LOOP_VAR] = run.iterate(prepared)
             else:
                 namespace[TICK_VAR] = run.tick
             exec(loop_code, namespace)
             run.finish()
-        except BaseException as exc:
-            run.close(exc)
-            raise
-        finally:
-            namespace.pop(LOOP_VAR, None)
-            namespace.pop(TICK_VAR, None)
-        run.close()
+    except BaseException as exc:
+        run.close(exc)
+        raise
+    finally:
+        namespace.pop(LOOP_VAR, None)
+        namespace.pop(TICK_VAR, None)
+    run.close()
 
     body, last = split_last_expression(plan.teardown)
     exec(compile_block(body, filename), namespace)

@@ -157,7 +157,7 @@ def _remove_run_files(path: Path) -> None:
     for entry in os.listdir(path):
         if (
             MANIFEST_RE.match(entry)
-            or entry in ("DONE", "heartbeat.json", "outcome.json")
+            or entry in ("DONE", "outcome.json", "owner.json", "owner.lock")
             or entry.startswith(TMP_PREFIX)
         ):
             os.unlink(path / entry)
@@ -166,15 +166,16 @@ def _remove_run_files(path: Path) -> None:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
+    from .lease import describe_owner
+
     directory = _directory(args)
     status = 0
     for key in args.keys:
         try:
             info = _find(directory, key)
             if info.state == "running":
-                beat = info.heartbeat or {}
                 raise _Failure(
-                    f"run {key!r} is running (pid {beat.get('pid')} on {beat.get('host')}); "
+                    f"run {key!r} is running ({describe_owner(info.owner or {})}); "
                     f"stop it first: nothing was deleted"
                 )
             _remove_run_files(info.path)

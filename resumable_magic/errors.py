@@ -20,11 +20,14 @@ __all__ = [
     "NoCheckpointError",
     "NotSerializableError",
     "OptionError",
+    "OwnershipLostError",
     "ResumableError",
     "ResumableWarning",
     "ResumeRefusedError",
     "RunInterrupted",
+    "RunOwnedError",
     "StateVariableError",
+    "ValuesDroppedError",
 ]
 
 
@@ -142,6 +145,45 @@ class InputsChangedError(ResumeRefusedError):
             f"was written ({lines}). Either start over with --fresh, or accept the new values and "
             f"{'continue' if finished else 'resume'} with --accept-changes (to extend a run), or give "
             f"each value its own checkpoint with --name."
+        )
+
+
+class RunOwnedError(ResumableError, RuntimeError):
+    """Another live process holds the run's lease: running the same key twice at once is refused."""
+
+    def __init__(self, key: str, owner: str, timeout: float) -> None:
+        self.key, self.owner, self.timeout = key, owner, timeout
+        super().__init__(
+            f"Run {key!r} is being executed by another process: {owner}. Two processes writing one "
+            f"run's checkpoints would overwrite each other's work, so this one did not start and "
+            f"nothing was changed. Wait for it to finish, stop it, or give this run another --name. "
+            f"An owner whose process is gone, or whose heartbeat is older than its lease timeout "
+            f"({timeout:g} s), is taken over automatically."
+        )
+
+
+class OwnershipLostError(ResumableError, RuntimeError):
+    """This process's lease on a run was taken over; it must not write that run's checkpoints again."""
+
+    def __init__(self, key: str, owner: str) -> None:
+        self.key, self.owner = key, owner
+        super().__init__(
+            f"Run {key!r} was taken over by {owner} (this process sent no heartbeat for longer than "
+            f"its lease timeout: suspended, or a single step held the interpreter that long). This "
+            f"process no longer writes the run's checkpoints, so the loop stopped here; the run goes "
+            f"on in the new owner. Its checkpoints are untouched by this process."
+        )
+
+
+class ValuesDroppedError(ResumeRefusedError):
+    """A finished run's final values were deleted by ``resumable gc --final-values``."""
+
+    def __init__(self, key: str, finished: str) -> None:
+        self.key = key
+        super().__init__(
+            f"Run {key!r} finished ({finished}), but its final values were deleted by "
+            f"`resumable gc --final-values`, so they cannot be restored. It is not run again by "
+            f"accident: use --fresh to run it again."
         )
 
 

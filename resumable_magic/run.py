@@ -19,6 +19,7 @@ import difflib
 import os
 import pickle
 import signal
+import socket
 import sys
 import time
 from collections import deque
@@ -35,10 +36,12 @@ from .errors import (
     IterationMismatchError,
     NoCheckpointError,
     NotSerializableError,
+    OwnershipLostError,
     ResumableError,
     RunInterrupted,
     StateVariableError,
 )
+from .lease import Lease
 from .policy import CheckpointPolicy, Every, parse_every
 from .progress import CheckpointStats, ProgressModel, ResumeInfo, StartInfo, TextProgress, format_duration
 from .serialize import dumps_state, loads_state
@@ -48,7 +51,7 @@ from .wakeup import TICK_SECONDS, Wakeup
 __all__ = ["Resumable", "default_directory", "fingerprint_inputs", "load", "variables_of"]
 
 _RNG_KEY = "__resumable_rng__"
-_HEARTBEAT_SECONDS = 0.25  # a tiny unsynced write (~50 us) at each wake-up; lets a resume say what is redone
+_HISTORY_LIMIT = 200  # events kept in the metadata: the first one and the newest ones
 _SIMPLE = (bool, int, float, complex, str, bytes, type(None))
 _MAX_INPUT_REPR = 1000
 _MISSING = object()  # "no item": a checkpoint not taken at a for-loop boundary
@@ -140,6 +143,7 @@ class Resumable:
         self.namespace = namespace
         self.names = tuple(names) if names is not None else tuple(namespace)
         self.store = RunStore(dir if dir is not None else default_directory(), key)
+        self.lease = Lease(self.store.path, key)
         self.policy = CheckpointPolicy(parse_every(every))
         self.fresh, self.accept_changes = fresh, accept_changes
         self.inputs = fingerprint_inputs(inputs or {})
@@ -148,6 +152,7 @@ class Resumable:
         self.header = header
         self.final_names = tuple(n for n in final_names if n not in self.names)
         self.params = dict(params or {})
+        self.history: list[dict[str, Any]] = []  # started / resumed / finished events, kept in the metadata
 
         self.position = 0  # completed iterations
         self.total: int | None = None
@@ -165,7 +170,8 @@ class Resumable:
         )
         self._wake = self._wakeup.flag  # raised by the timer thread and signals; tested at every boundary
         self._next_report = 0.0
-        self._next_heartbeat = 0.0
+        self._previous_end: str | None = None  # how the attempt before this one ended (from outcome.json)
+        self._started = False  # restore() ran: this attempt counts (an outcome is recorded at close)
         self._first_tick = True
         self._iterator: Iterator[Any] | None = None
         self._prepared = False
@@ -174,7 +180,11 @@ class Resumable:
     # -- the script API ---------------------------------------------------------------------------
     def __enter__(self) -> Resumable:
         self.open()
-        self.restore()
+        try:
+            self.restore()
+        except BaseException as exc:
+            self.close(exc)
+            raise
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
@@ -207,8 +217,20 @@ class Resumable:
         """
         try:
             self.store.ensure()
+            took_over = self.lease.acquire()
         except OSError as exc:
             raise CheckpointWriteError(self.store.path, "checkpoint folder", exc, "nothing was run") from None
+        self.store.fence = self.lease.fenced
+        if took_over:  # a crashed kernel's lease is the usual case; a stopped or silent owner is news
+            say = self._info if "its process is gone" in took_over else self._warn
+            say(f"Took over run {self.key!r} from its previous owner: {took_over}.")
+        try:
+            self._open()
+        except BaseException:
+            self.lease.release(undo=True)
+            raise
+
+    def _open(self) -> None:
         self.store.clean_temporaries()
         result = self.store.read_latest()
         for problem in result.problems:
@@ -223,6 +245,11 @@ class Resumable:
         self._check_inputs(checkpoint, finished=done is not None)
         self._check_code(checkpoint, finished=done is not None)
         self._checkpoint, self._done_record = checkpoint, done
+        self.history = list(checkpoint.manifest.get("history") or [])
+        outcome = self.store.read_outcome() or {}
+        if outcome.get("state") in ("interrupted", "failed"):
+            error = outcome.get("error")
+            self._previous_end = f"{outcome['state']}: {error}" if error else str(outcome["state"])
         self.replayed = done is not None and not self.accept_changes
         self.position = self._last_position = checkpoint.position
         missing = [n for n in self.names if n not in checkpoint.manifest.get("names", [])]
@@ -261,10 +288,12 @@ class Resumable:
         """Put the checkpoint's variables and RNG states in place (or write the first checkpoint)."""
         checkpoint = self._checkpoint
         if not self.replayed:
+            self._started = True
             self.store.clear_outcome()  # a new attempt: how the previous one ended no longer holds
         if checkpoint is None:
             self._require_names()
-            self._wakeup.start()
+            self.history = [self._event("started")]
+            self._start_threads()
             self.progress.run_started(self._start_info(None))
             self._take_checkpoint(_MISSING, first=True)
             return
@@ -281,12 +310,22 @@ class Resumable:
         self.namespace.update({n: payload[n] for n in names if n in payload})
         rng.restore(rng_states)
         if self.replayed:
+            self.lease.release(undo=True)  # a replay only reads
             self._report_replay(checkpoint)
             return
         resumed = self._resume_info(checkpoint)
+        self.history.append(
+            self._event(
+                "resumed",
+                **{"from": checkpoint.position},
+                redone=resumed.redone_iterations,
+                redone_seconds=resumed.redone_seconds,
+                after=self._previous_end or "crashed",
+            )
+        )
         if self.policy.iterations:
             self._next_at = self.position + self.policy.iterations
-        self._wakeup.start()
+        self._start_threads()
         self._last_time = time.monotonic()
         self.progress.run_started(self._start_info(resumed))
         self._report_resume(checkpoint, resumed)
@@ -307,7 +346,7 @@ class Resumable:
         """Report how the run ended, stop the timer thread, give the signals back. Always call it."""
         if self._iterator is not None:
             self._iterator.close()  # syncs self.position when the loop raised between boundaries
-        if not self._ended and not self.replayed:
+        if not self._ended and not self.replayed and self._started and self.lease.lost is None:
             self._ended = True
             outcome, detail, error = None, "", None
             if isinstance(exc, RunInterrupted):
@@ -321,6 +360,7 @@ class Resumable:
                 record = {"state": outcome, "time": time.time(), "position": self.position}
                 self.store.write_outcome({**record, "error": error} if error else record)
                 self.progress.run_ended(outcome, detail)
+        self.lease.release(self.position, undo=not self._started)
         self._wakeup.stop()  # signals back; a SIGTERM that arrived now terminates the process
 
     def _kept(self) -> str:
@@ -348,6 +388,8 @@ class Resumable:
     def _boundary(self, item: Any) -> None:
         self._wake[0] = False
         now = time.monotonic()
+        if self.lease.lost is not None:
+            raise OwnershipLostError(self.key, self.lease.lost)
         if self._wakeup.stop_signal is not None:
             self._take_checkpoint(item)
             name = signal.Signals(self._wakeup.stop_signal).name
@@ -365,12 +407,11 @@ class Resumable:
         elif now >= self._next_report:
             self._next_report = now + TICK_SECONDS
             self.progress.advanced(self.position)
-        if now >= self._next_heartbeat:
-            self._next_heartbeat = now + _HEARTBEAT_SECONDS
-            self.store.write_heartbeat(self.position)
 
     def _take_checkpoint(self, item: Any = None, *, first: bool = False, final: bool = False) -> int:
         position = self.position
+        with self.store.fence():  # a writer that lost the run stops before writing anything
+            pass
         self.progress.checkpoint_started(position)
         started = time.monotonic()
         names = self.names + (self.final_names if final else ())
@@ -404,11 +445,14 @@ class Resumable:
             "header": self.header,
             "final": final,
             "versions": _versions(),
+            "history": self._history(final),
         }
         try:
             blob, written = self.store.put_blob(data)
             manifest["state"] = {"digest": blob, "size": len(data)}
             generation = self.store.commit(manifest, keep=self._last_generation)
+        except OwnershipLostError:
+            raise
         except OSError as exc:
             if first or final:
                 what = (
@@ -436,6 +480,21 @@ class Resumable:
             CheckpointStats(generation, position, manifest["created"], written, blocked)
         )
         return generation
+
+    def _start_threads(self) -> None:
+        self._wakeup.start()
+        self.lease.start_heartbeat(lambda: self.position, on_lost=lambda: self._wake.__setitem__(0, True))
+
+    def _event(self, event: str, **details: Any) -> dict[str, Any]:
+        record = {"event": event, "time": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
+        record.update((k, v) for k, v in details.items() if v is not None)
+        return record
+
+    def _history(self, final: bool) -> list[dict[str, Any]]:
+        events = self.history + ([self._event("finished", position=self.position)] if final else [])
+        if len(events) > _HISTORY_LIMIT:
+            events = events[:1] + events[-(_HISTORY_LIMIT - 1) :]
+        return events
 
     # -- checks ---------------------------------------------------------------------------------------
     def _require_names(self) -> None:
@@ -501,8 +560,8 @@ class Resumable:
         )
 
     def _resume_info(self, checkpoint: Checkpoint) -> ResumeInfo:
-        beat = self.store.read_heartbeat() or {}
-        reached, seen = beat.get("position"), beat.get("time")
+        beat = self.lease.previous or {}  # the lease of the attempt that ended: how far it got, when
+        reached, seen = beat.get("position"), beat.get("heartbeat")
         redone = redone_seconds = None
         if isinstance(reached, int) and isinstance(seen, (int, float)) and reached > checkpoint.position:
             redone, redone_seconds = reached - checkpoint.position, max(0.0, seen - checkpoint.created)

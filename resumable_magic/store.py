@@ -6,7 +6,7 @@
       objects/<xxh3_128 hex>    pickled state; the name is the checksum
       manifest.<gen>.json       position, fingerprints, metadata, the state blob's digest; self-checksummed
       DONE                      completion record: names the final generation; self-checksummed
-      heartbeat.json            best-effort progress of the live run (not a checkpoint)
+      owner.json, owner.lock    the lease of the process executing the run (see lease.py)
       outcome.json              how the last run ended when it did not finish (interrupted, failed)
 
 A checkpoint exists once its manifest is renamed into place and the directory is fsynced: every file
@@ -14,6 +14,10 @@ is written to a temporary name, flushed, fsynced, then atomically renamed, so a 
 leaves the previous checkpoint intact. Readers take the newest manifest that verifies (its own
 checksum and its blob's) and fall back to older ones, reporting what was damaged. After a commit,
 only the new generation and the one before it are kept. The store knows bytes and files, not loops.
+
+Writes that change what readers see (a manifest, DONE, outcome, collection) run inside ``fence``,
+which the run sets to its lease's fence: a writer that lost the run, or that finds a generation newer
+than any it knew, raises :class:`~resumable_magic.errors.OwnershipLostError` instead of committing.
 """
 
 from __future__ import annotations
@@ -23,17 +27,16 @@ import json
 import os
 import re
 import signal
-import socket
-import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import xxhash
 
-from .errors import CheckpointCorruptError, CheckpointFormatError, OptionError
+from .errors import CheckpointCorruptError, CheckpointFormatError, OptionError, OwnershipLostError
 
 FORMAT_VERSION = 1
 DIGEST_ALGORITHM = "xxh3_128"
@@ -196,6 +199,9 @@ class RunStore:
         self.key = key
         self.path = self.directory / key_to_relpath(key)
         self.objects = self.path / "objects"
+        # Held around every commit: the run's lease mutex, checking the lease is still this process's.
+        self.fence: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
+        self.seen_generation = 0  # the newest generation this writer knows of (read or committed)
 
     @classmethod
     def at(cls, path: str | os.PathLike[str], key: str) -> RunStore:
@@ -229,36 +235,43 @@ class RunStore:
         Returns the new generation number.
         """
         _fsync_dir(self.objects)  # blob renames are durable before any manifest names them
-        generation = max(self._generations(), default=0) + 1
-        record = {**manifest, "format": FORMAT_VERSION, "generation": generation, "key": self.key}
-        _write_atomic(
-            self._manifest_path(generation), _sealed(record), steps=("manifest-written", "manifest-synced")
-        )
+        with self.fence():
+            newest = max(self._generations(), default=0)
+            if newest > self.seen_generation:
+                raise OwnershipLostError(
+                    self.key,
+                    f"another writer, which committed generation {newest} (this one knew of "
+                    f"{self.seen_generation} and no later)",
+                )
+            generation = newest + 1
+            record = {**manifest, "format": FORMAT_VERSION, "generation": generation, "key": self.key}
+            _write_atomic(
+                self._manifest_path(generation),
+                _sealed(record),
+                steps=("manifest-written", "manifest-synced"),
+            )
+            self.seen_generation = generation
         _crash_point("manifest-renamed")
         _fsync_dir(self.path)
         _crash_point("committed")
-        self._collect(keep={generation, keep} - {None})
+        with self.fence():  # only the owner deletes: never a newer owner's blobs
+            self._collect(keep={generation, keep} - {None})
         return generation
 
     def mark_finished(self, generation: int, record: dict[str, Any]) -> None:
         """Write the completion record naming the final generation."""
         body = {**record, "format": FORMAT_VERSION, "generation": generation, "key": self.key}
-        _write_atomic(self.path / "DONE", _sealed(body))
+        with self.fence():
+            _write_atomic(self.path / "DONE", _sealed(body))
         _fsync_dir(self.path)
-
-    def write_heartbeat(self, position: int) -> None:
-        """Best-effort note of how far the live run got (no fsync: it only has to survive a process crash)."""
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "position": position, "time": time.time()}
-        with contextlib.suppress(OSError):
-            _write_atomic_nosync(self.path / "heartbeat.json", json.dumps(record).encode())
 
     def write_outcome(self, record: dict[str, Any]) -> None:
         """Record how the last run ended (interrupted, failed: with the error's last line); atomic."""
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError), self.fence():
             _write_atomic(self.path / "outcome.json", json.dumps(record, ensure_ascii=False).encode())
 
     def clear_outcome(self) -> None:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError), self.fence():
             os.unlink(self.path / "outcome.json")
 
     def read_outcome(self) -> dict[str, Any] | None:
@@ -290,7 +303,9 @@ class RunStore:
     def read_latest(self) -> ReadResult:
         """The newest checkpoint whose manifest and blob verify, with the state bytes loaded."""
         problems: list[CheckpointCorruptError] = []
-        for generation in sorted(self._generations(), reverse=True):
+        generations = sorted(self._generations(), reverse=True)
+        self.seen_generation = max([self.seen_generation, *generations[:1]])
+        for generation in generations:
             try:
                 manifest = _unseal(self._manifest_path(generation))
                 state = self.read_blob(manifest["state"]["digest"])
@@ -319,13 +334,6 @@ class RunStore:
             return None
         record = _unseal(path)
         return record if record.get("generation") == latest_generation else None
-
-    def read_heartbeat(self) -> dict[str, Any] | None:
-        try:
-            record = json.loads((self.path / "heartbeat.json").read_bytes())
-        except (OSError, ValueError):
-            return None
-        return record if isinstance(record, dict) else None
 
     # -- internals ----------------------------------------------------------------------------------
     def _manifest_path(self, generation: int) -> Path:
@@ -363,12 +371,6 @@ class RunStore:
             if stale:
                 with contextlib.suppress(OSError):
                     os.unlink(done)
-
-
-def _write_atomic_nosync(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-hb")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _listdir(path: Path) -> list[str]:

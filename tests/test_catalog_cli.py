@@ -83,12 +83,12 @@ def runs(tmp_path_factory):
         _wait_for(lambda: (newest_position(ck / "crashed") or 0) >= 30, crashed, "crashed's checkpoint")
         crashed.send_signal(signal.SIGKILL)
         crashed.wait()
-        _wait_for(lambda: (ck / "interrupted" / "heartbeat.json").exists(), interrupted, "a heartbeat")
+        _wait_for(lambda: newest_position(ck / "interrupted") is not None, interrupted, "a checkpoint")
         interrupted.send_signal(signal.SIGINT)
         assert interrupted.wait(60) == 3, interrupted.stderr.read()
         assert finished.wait(60) == 0, finished.stderr.read()
         assert failed.wait(60) == 4, failed.stderr.read()
-        _wait_for(lambda: (ck / "live" / "heartbeat.json").exists(), live, "the live run's heartbeat")
+        _wait_for(lambda: newest_position(ck / "live") is not None, live, "the live run's checkpoint")
         yield ck, live
     finally:
         for proc in (finished, failed, crashed, interrupted, live):
@@ -136,7 +136,7 @@ def test_list_runs_finds_every_state(runs):
     updated = [r.updated for r in list_runs(ck)]
     assert updated == sorted(updated, reverse=True)
     live = runs[1]
-    # The live run writes a heartbeat every 0.25 s, so it soon becomes the most recently active.
+    # The live run's lease is renewed 4 times a second, so it soon becomes the most recently active.
     _wait_for(lambda: list_runs(ck)[0].key == "live", live, "the live run to sort first", timeout=10)
 
 

@@ -1,0 +1,161 @@
+"""The lease (resumable_magic/lease.py) with real processes and real files: refusal, takeover, fencing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from resumable_magic import Resumable
+from resumable_magic.errors import OwnershipLostError, RunOwnedError
+from resumable_magic.lease import LEASE_FILE, Lease, owner_state, process_start_time, read_lease
+from resumable_magic.store import RunStore
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A process that takes the lease of run "r" under argv[1], says so, and then waits to be killed.
+HOLDER = """\
+import sys, time
+sys.path.insert(0, {repo!r})
+from pathlib import Path
+from resumable_magic.lease import Lease
+lease = Lease(Path(sys.argv[1]), "r")
+lease.acquire()
+lease.start_heartbeat(lambda: 7, on_lost=lambda: None)
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.fixture
+def holder(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER.format(repo=str(REPO)), str(run)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline() == "held\n"
+    yield run, proc
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+
+
+def test_a_live_owner_is_named_in_the_refusal(holder):
+    run, proc = holder
+    with pytest.raises(RunOwnedError) as refused:
+        Lease(run, "r").acquire()
+    message = str(refused.value)
+    assert f"pid {proc.pid} on host {socket.gethostname()}" in message
+    assert "last heartbeat" in message and "process started" in message
+    assert read_lease(run)["pid"] == proc.pid  # the refusal changed nothing
+
+
+def test_the_heartbeat_thread_keeps_the_lease_fresh(holder):
+    run, _ = holder
+    first = read_lease(run)["heartbeat"]
+    _wait_until(lambda: read_lease(run)["heartbeat"] != first)
+    assert read_lease(run)["position"] == 7
+
+
+def _wait_until(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met"
+        time.sleep(0.02)
+
+
+def test_a_dead_owner_is_taken_over_with_what_it_had_reached(holder):
+    run, proc = holder
+    _wait_until(lambda: read_lease(run)["position"] == 7)  # its first heartbeat
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    lease = Lease(run, "r")
+    note = lease.acquire()
+    assert note is not None and "its process is gone" in note and f"pid {proc.pid}" in note
+    assert lease.previous["position"] == 7  # what the dead owner had reached
+    assert read_lease(run)["token"] == lease.token
+
+
+def test_a_stopped_owner_is_taken_over_after_its_timeout_and_is_fenced_out(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    old = Lease(run, "r", timeout=0.5)
+    old.acquire()
+    old.start_heartbeat(lambda: 3, on_lost=lambda: None)
+    # Simulate the process being stopped: its heartbeat thread no longer runs.
+    old._stop.set()
+    old._thread.join()
+    _wait_until(lambda: owner_state(read_lease(run)) == "stale")
+    new = Lease(run, "r")
+    new.acquire()  # (in-process here; tests/test_ownership.py does this with a SIGSTOPped kernel)
+    with pytest.raises(OwnershipLostError), old.fenced():
+        pass
+    with new.fenced():
+        pass  # the new owner commits
+    new.release()
+    assert read_lease(run)["released"] is not None
+
+
+def test_another_hosts_lease_is_judged_by_its_heartbeat_age(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    record = {"token": "t", "host": "elsewhere.example", "pid": 1, "heartbeat": time.time(), "timeout": 60}
+    (run / LEASE_FILE).write_text(json.dumps(record))
+    with pytest.raises(RunOwnedError, match=r"elsewhere\.example"):
+        Lease(run, "r").acquire()
+    (run / LEASE_FILE).write_text(json.dumps({**record, "heartbeat": time.time() - 61}))
+    note = Lease(run, "r").acquire()
+    assert "heartbeat stopped" in note
+
+
+def test_a_reused_pid_does_not_keep_a_dead_owner_alive(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    started = process_start_time(os.getppid())
+    assert started is not None
+    record = {  # our parent is alive, but it is not the process that took this lease
+        "token": "t",
+        "host": socket.gethostname(),
+        "pid": os.getppid(),
+        "process_started": started - 1000,
+        "heartbeat": time.time(),
+        "timeout": 60,
+    }
+    (run / LEASE_FILE).write_text(json.dumps(record))
+    assert owner_state(record) == "gone"
+    assert "its process is gone" in Lease(run, "r").acquire()
+
+
+def test_a_writer_that_missed_a_newer_generation_cannot_commit(tmp_path):
+    first, second = RunStore(tmp_path, "k"), RunStore(tmp_path, "k")
+    first.ensure()
+    blob, _ = first.put_blob(b"state")
+    manifest = {"position": 0, "created": time.time(), "state": {"digest": blob, "size": 5}}
+    first.commit(manifest)
+    second.read_latest()
+    second.commit(manifest)  # knows generation 1: commits 2
+    with pytest.raises(OwnershipLostError, match="committed generation 2"):
+        first.commit(manifest)
+    assert sorted(p.name for p in first.path.glob("manifest.*")) == ["manifest.00000002.json"]
+
+
+def test_the_plain_api_releases_its_lease_and_a_refused_run_leaves_it_as_it_was(tmp_path):
+    state = {"total": 0}
+    with Resumable("k", state, dir=tmp_path, every="1it", inputs={"n": 5}) as run:
+        for i in run.iterate(range(5)):
+            state["total"] += i
+    lease = read_lease(tmp_path / "k")
+    assert lease["released"] is not None and lease["position"] == 5
+    before = (tmp_path / "k" / LEASE_FILE).read_bytes()
+    refused = Resumable("k", {"total": 0}, dir=tmp_path, inputs={"n": 6})
+    with pytest.raises(Exception, match="values the cell reads changed"):
+        refused.open()
+    assert (tmp_path / "k" / LEASE_FILE).read_bytes() == before
