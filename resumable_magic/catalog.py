@@ -46,6 +46,7 @@ class RunInfo:
     created: float | None = None  # wall time of the newest good checkpoint
     size: int = 0  # bytes of all the run's files
     error: str | None = None  # the error's line, for a failed run
+    note: str | None = None  # anything else worth a word in the table
     generation: int | None = None
     updated: float | None = None  # latest of checkpoint, heartbeat, outcome: the sort key
     owner: dict[str, Any] | None = None  # the lease record (who runs it, last heartbeat, position)
@@ -59,11 +60,20 @@ class RunInfo:
             return "-"
         return f"{self.position:,}/{self.total:,}" if self.total is not None else f"{self.position:,}"
 
+    def params(self) -> str:
+        """``lr=0.01 seed=3`` for a run keyed by ``--params``; ``""`` otherwise."""
+        params = self.manifest.get("params")
+        if not isinstance(params, dict):
+            return ""
+        return " ".join(f"{name}={value}" for name, value in params.items())
+
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (without the manifest's bulky fields)."""
         record = asdict(self)
         record["path"] = str(self.path)
         record.pop("manifest")
+        record["params"] = self.manifest.get("params") or {}
+        record["history"] = self.manifest.get("history") or []
         return record
 
 
@@ -95,8 +105,13 @@ def _listdir(path: Path) -> list[os.DirEntry[str]]:
         return []
 
 
+def _holds_run(entries: list[os.DirEntry[str]]) -> bool:
+    # A finished run whose values were dropped keeps only its DONE record.
+    return any(MANIFEST_RE.match(e.name) or e.name == "DONE" for e in entries)
+
+
 def _is_run_dir(path: Path) -> bool:
-    return any(MANIFEST_RE.match(e.name) for e in _listdir(path))
+    return _holds_run(_listdir(path))
 
 
 def _run_dirs(root: Path) -> list[Path]:
@@ -105,7 +120,7 @@ def _run_dirs(root: Path) -> list[Path]:
     while stack:
         folder = stack.pop()
         entries = _listdir(folder)
-        if any(MANIFEST_RE.match(e.name) for e in entries):
+        if _holds_run(entries):
             found.append(folder)
         for entry in entries:
             with contextlib.suppress(OSError):
@@ -126,14 +141,11 @@ def _size(run_dir: Path) -> int:
 
 
 def _newest(store: RunStore) -> tuple[Checkpoint | None, list[str]]:
-    """The newest good checkpoint without its state bytes; retried once if a live run collected it."""
-    result = store.read_latest()
+    """The newest good checkpoint, state not read; retried once if a live run collected it."""
+    result = store.read_latest(load_state=False)
     if result.checkpoint is None and result.problems:
-        result = store.read_latest()
-    checkpoint = result.checkpoint
-    if checkpoint is not None:  # drop the state bytes at once: a listing may span many big runs
-        checkpoint = Checkpoint(checkpoint.generation, checkpoint.manifest)
-    return checkpoint, [str(p) for p in result.problems]
+        result = store.read_latest(load_state=False)
+    return result.checkpoint, [str(p) for p in result.problems]
 
 
 def _key_of(root: Path, run_dir: Path, manifest: dict[str, Any]) -> str:
@@ -170,6 +182,18 @@ def _inspect(root: Path, run_dir: Path) -> RunInfo:
             done = store.finished(checkpoint.generation)
         except ResumableError as exc:  # a damaged DONE record: not finished, say why
             info.problems.append(str(exc))
+    elif not info.problems:
+        try:
+            done = store.dropped_values()
+        except ResumableError as exc:
+            info.problems.append(str(exc))
+        if done is not None:
+            info.manifest = done
+            info.position = done.get("position") if isinstance(done.get("position"), int) else None
+            info.total = done.get("total") if isinstance(done.get("total"), int) else None
+            info.created = float(done["created"]) if isinstance(done.get("created"), (int, float)) else None
+            info.key = _key_of(root, run_dir, done)
+            info.note = "final values deleted (gc --final-values)"
     if done is not None:
         info.state = "finished"
     elif info.owner is not None and owner_state(info.owner) == "live":

@@ -17,29 +17,35 @@ from typing import Any
 from .progress_text import format_size
 
 _COLOURS = {"finished": "32", "running": "33", "crashed": "31", "failed": "31", "interrupted": "90"}
-COLUMNS = ("KEY", "STATE", "PROGRESS", "LAST CHECKPOINT", "SIZE", "NOTE")
+COLUMNS = ("KEY", "PARAMS", "STATE", "PROGRESS", "LAST CHECKPOINT", "SIZE", "NOTE")
+STATE = COLUMNS.index("STATE")
 
 
 class _Failure(Exception):
     """A failure to report as one line on stderr, exit code 1."""
 
 
-def when(wall_time: float | None) -> str:
+def when(wall_time: Any) -> str:
     if wall_time is None:
         return "-"
     import time
 
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wall_time))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(wall_time)))
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "-"
 
 
 def table_rows(runs: Sequence[Any]) -> list[tuple[str, ...]]:
     """The status table's cells, one tuple per run (shared with ``%resumable_status``)."""
     rows = []
     for run in runs:
-        note = run.error or ""
+        note = run.error or run.note or ""
         if run.problems and not note:
             note = f"{len(run.problems)} damaged file(s) skipped"
-        rows.append((run.key, run.state, run.progress(), when(run.created), format_size(run.size), note))
+        rows.append(
+            (run.key, run.params(), run.state, run.progress(), when(run.created), format_size(run.size), note)
+        )
     return rows
 
 
@@ -50,10 +56,33 @@ def plain_table(runs: Sequence[Any], colour: bool = False) -> str:
     for index, row in enumerate([COLUMNS, *rows]):
         cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=True)]
         if colour and index > 0:
-            code = _COLOURS.get(row[1], "0")
-            cells[1] = f"\x1b[{code}m{cells[1]}\x1b[0m"
+            code = _COLOURS.get(row[STATE], "0")
+            cells[STATE] = f"\x1b[{code}m{cells[STATE]}\x1b[0m"
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
+
+
+def history_lines(manifest: dict[str, Any], info: Any) -> list[str]:
+    """The run's history, one line an event: started, each resume, and how it ended."""
+    lines = []
+    for event in manifest.get("history") or []:
+        if not isinstance(event, dict):
+            continue
+        where = f"pid {event.get('pid')} on {event.get('host')}"
+        text = f"{when(event.get('time'))}  {event.get('event')}  ({where})"
+        if event.get("event") == "resumed":
+            text += f" from iteration {event.get('from', 0):,} after the previous attempt {event.get('after')}"
+            if event.get("redone"):
+                text += f", redoing {event['redone']:,} iterations (~{event.get('redone_seconds', 0):.0f} s)"
+        elif event.get("event") == "finished":
+            text += f" at iteration {event.get('position', 0):,}"
+        lines.append(text)
+    if info.state in ("interrupted", "failed") and info.outcome:
+        detail = f": {info.error}" if info.error else ""
+        lines.append(f"{when(info.outcome.get('time'))}  {info.state}{detail}")
+    elif info.state == "crashed":
+        lines.append("-  crashed (no word from the process after its last checkpoint)")
+    return lines or ["(not recorded)"]
 
 
 def _directory(args: argparse.Namespace) -> Path:
@@ -138,6 +167,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             out.append(f"  {field}: {json.dumps(manifest[field], ensure_ascii=False)}")
     for problem in info.problems:
         out.append(f"  damaged (skipped): {problem}")
+    out.append("history:")
+    out.extend(f"  {line}" for line in history_lines(manifest, info))
     code = manifest.get("code")
     out.append("cell source:" if code else "cell source: (not recorded)")
     if code:
@@ -192,13 +223,10 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     from .catalog import list_runs
+    from .errors import RunOwnedError
+    from .lease import Lease
     from .store import RunStore
 
-    if args.final_values:
-        raise _Failure(
-            "--final-values is not implemented yet: a finished run whose state blob is gone would be "
-            "re-run from scratch by the current store, so nothing was deleted"
-        )
     directory = _directory(args)
     if not directory.is_dir():
         raise _Failure(f"no checkpoint folder {str(directory)!r}")
@@ -207,21 +235,25 @@ def cmd_gc(args: argparse.Namespace) -> int:
     freed = 0
     verb = "would free" if args.dry_run else "freed"
     for run in runs:
-        if run.state == "running":
-            continue  # never touch a live run's files
-        for path in RunStore(directory, run.key).stale_temporaries():
-            try:
-                size = path.stat().st_size
-                if not args.dry_run:
-                    path.unlink()
-            except OSError:
-                continue
-            freed += size
-            print(f"{run.key}: stale temporary file {path.name} ({format_size(size)})")
-    print(
-        f"{len(runs)} run(s), {format_size(total)} in {str(directory)!r}; {verb} {format_size(freed)} "
-        f"of stale temporary files"
-    )
+        store = RunStore.at(run.path, run.key)
+        lease = Lease(run.path, run.key)
+        try:
+            lease.acquire()  # a run being executed is never touched
+        except RunOwnedError:
+            print(f"{run.key}: running, skipped")
+            continue
+        store.fence = lease.fenced
+        try:
+            pruned = store.prune(args.dry_run)
+            dropped = store.drop_values(args.dry_run) if args.final_values else 0
+        finally:
+            lease.release(undo=True)
+        if pruned:
+            print(f"{run.key}: old generations and stale files, {verb} {format_size(pruned)}")
+        if dropped:
+            print(f"{run.key}: finished run's final values, {verb} {format_size(dropped)} (DONE kept)")
+        freed += pruned + dropped
+    print(f"{len(runs)} run(s), {format_size(total)} in {str(directory)!r}; {verb} {format_size(freed)}")
     return 0
 
 
@@ -247,9 +279,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("keys", nargs="+", metavar="KEY")
     p.set_defaults(func=cmd_rm)
 
-    p = sub.add_parser("gc", parents=[common], help="report space; delete stale temporary files")
+    p = sub.add_parser(
+        "gc", parents=[common], help="delete old generations and stale files (never a running run's)"
+    )
     p.add_argument("--dry-run", action="store_true", help="report only, delete nothing")
-    p.add_argument("--final-values", action="store_true", help="(not implemented yet)")
+    p.add_argument(
+        "--final-values",
+        action="store_true",
+        help="also delete finished runs' final values (their DONE record stays: never re-run by accident)",
+    )
     p.set_defaults(func=cmd_gc)
     return parser
 

@@ -40,6 +40,7 @@ from .errors import (
     ResumableError,
     RunInterrupted,
     StateVariableError,
+    ValuesDroppedError,
 )
 from .lease import Lease
 from .policy import CheckpointPolicy, Every, parse_every
@@ -239,6 +240,10 @@ class Resumable:
         if result.problems and checkpoint is None:
             self._warn("No readable checkpoint is left for this run, so it starts from the beginning.")
         self._last_generation = checkpoint.generation if checkpoint else None
+        if checkpoint is None and not self.fresh:
+            dropped = self.store.dropped_values()
+            if dropped is not None:
+                raise ValuesDroppedError(self.key, _when(float(dropped.get("finished") or 0)))
         if checkpoint is None or self.fresh:
             return
         done = self.store.finished(checkpoint.generation)
@@ -616,5 +621,8 @@ def load(key: str, dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     store = RunStore(dir if dir is not None else default_directory(), key)
     result = store.read_latest()
     if result.checkpoint is None:
-        raise NoCheckpointError(key, store.directory, " ".join(str(p) for p in result.problems))
+        detail = " ".join(str(p) for p in result.problems)
+        if store.dropped_values() is not None:
+            detail = "The run finished, but `resumable gc --final-values` deleted its final values."
+        raise NoCheckpointError(key, store.directory, detail)
     return variables_of(result.checkpoint)

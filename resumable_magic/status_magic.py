@@ -13,7 +13,7 @@ from pathlib import Path
 from IPython.core.magic import Magics, line_magic, magics_class
 
 from .catalog import RunInfo, list_runs
-from .cli import COLUMNS, plain_table, table_rows
+from .cli import COLUMNS, STATE, plain_table, table_rows
 
 _HTML_COLOURS = {
     "finished": "#1a7f37",
@@ -42,11 +42,11 @@ class StatusTable:
         head = "".join(f'<th style="text-align:left">{html.escape(c)}</th>' for c in COLUMNS)
         body = []
         for row in table_rows(self.runs):
-            colour = _HTML_COLOURS.get(row[1], "inherit")
+            state = html.escape(row[STATE])
+            colour = _HTML_COLOURS.get(row[STATE], "inherit")
             cells = [f"<td>{html.escape(cell)}</td>" for cell in row]
-            cells[1] = (
-                f'<td class="resumable-{html.escape(row[1])}" style="color:{colour};font-weight:bold">'
-                f"{html.escape(row[1])}</td>"
+            cells[STATE] = (
+                f'<td class="resumable-{state}" style="color:{colour};font-weight:bold">{state}</td>'
             )
             body.append(f"<tr>{''.join(cells)}</tr>")
         return (

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import signal
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
@@ -300,14 +301,21 @@ class RunStore:
     def exists(self) -> bool:
         return any(True for _ in self._generations())
 
-    def read_latest(self) -> ReadResult:
-        """The newest checkpoint whose manifest and blob verify, with the state bytes loaded."""
+    def read_latest(self, load_state: bool = True) -> ReadResult:
+        """The newest checkpoint whose manifest and blob verify, with the state bytes loaded.
+
+        ``load_state=False`` (listings): the manifest is verified, the blobs only checked to exist
+        with the recorded size, and no state is read: cheap for runs holding gigabytes.
+        """
         problems: list[CheckpointCorruptError] = []
         generations = sorted(self._generations(), reverse=True)
         self.seen_generation = max([self.seen_generation, *generations[:1]])
         for generation in generations:
             try:
                 manifest = _unseal(self._manifest_path(generation))
+                if not load_state:
+                    self._check_blobs(manifest)
+                    return ReadResult(Checkpoint(generation, manifest), problems)
                 state = self.read_blob(manifest["state"]["digest"])
             except CheckpointCorruptError as exc:
                 problems.append(exc)
@@ -326,6 +334,76 @@ class RunStore:
         if digest(data) != name:
             raise CheckpointCorruptError(path, "its checksum does not match its content")
         return data
+
+    def _check_blobs(self, manifest: dict[str, Any]) -> None:
+        for name, size in manifest_blobs(manifest):
+            path = self.objects / name
+            try:
+                found = path.stat().st_size
+            except OSError:
+                raise CheckpointCorruptError(path, "it is missing") from None
+            if size is not None and found != size:
+                raise CheckpointCorruptError(path, f"it holds {found} bytes, not the {size} recorded")
+
+    def dropped_values(self) -> dict[str, Any] | None:
+        """The completion record of a finished run whose final values ``gc --final-values`` deleted."""
+        path = self.path / "DONE"
+        if not path.exists():
+            return None
+        record = _unseal(path)
+        return record if record.get("values_dropped") else None
+
+    def prune(self, dry_run: bool = False) -> int:
+        """Keep only the newest good generation and the blobs it names; returns the bytes freed.
+
+        For a run nobody executes (the caller holds its lease). Stale temporaries go too.
+        """
+        newest = self.read_latest(load_state=False).checkpoint
+        if newest is None:
+            return 0
+        kept = {self._manifest_path(newest.generation), self.path / "DONE"}
+        kept.update(self.objects / name for name, _ in manifest_blobs(newest.manifest))
+        victims = [
+            path
+            for path in self._files()
+            if path not in kept and (path.parent == self.objects or MANIFEST_RE.match(path.name))
+        ]
+        return self._delete([*victims, *self.stale_temporaries()], dry_run)
+
+    def drop_values(self, dry_run: bool = False) -> int:
+        """Delete a finished run's checkpoints, keeping a DONE record that says so; returns bytes freed.
+
+        The record keeps the metadata (position, total, params, history), so the run stays listed as
+        finished and is never run again by accident (:class:`~resumable_magic.errors.ValuesDroppedError`).
+        """
+        newest = self.read_latest(load_state=False).checkpoint
+        if newest is None or self.finished(newest.generation) is None:
+            return 0
+        victims = [p for p in self._files() if p.parent == self.objects or MANIFEST_RE.match(p.name)]
+        if not dry_run:
+            kept = ("position", "total", "params", "names", "header", "created", "history", "key")
+            record = {k: newest.manifest[k] for k in kept if k in newest.manifest}
+            body = {**_unseal(self.path / "DONE"), **record, "values_dropped": time.time()}
+            with self.fence():
+                _write_atomic(self.path / "DONE", _sealed({**body, "format": FORMAT_VERSION}))
+                _fsync_dir(self.path)
+        return self._delete(victims, dry_run)
+
+    def _delete(self, paths: list[Path], dry_run: bool) -> int:
+        freed = 0
+        with self.fence():
+            for path in paths:
+                try:
+                    size = path.stat().st_size
+                    if not dry_run:
+                        path.unlink()
+                except OSError:
+                    continue
+                freed += size
+        return freed
+
+    def _files(self) -> list[Path]:
+        return [folder / name for folder in (self.path, self.objects) for name in _listdir(folder)]
 
     def finished(self, latest_generation: int | None) -> dict[str, Any] | None:
         """The completion record, if it names the newest good generation (a newer run makes it stale)."""
@@ -352,8 +430,8 @@ class RunStore:
         for generation in self._generations():
             path = self._manifest_path(generation)
             if generation in keep:
-                with contextlib.suppress(CheckpointCorruptError, KeyError, TypeError):
-                    referenced.add(_unseal(path)["state"]["digest"])
+                with contextlib.suppress(CheckpointCorruptError, CheckpointFormatError):
+                    referenced.update(name for name, _ in manifest_blobs(_unseal(path)))
             elif generation < newest:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
@@ -371,6 +449,18 @@ class RunStore:
             if stale:
                 with contextlib.suppress(OSError):
                     os.unlink(done)
+
+
+def manifest_blobs(manifest: dict[str, Any]) -> list[tuple[str, int | None]]:
+    """(digest, size) of every blob a manifest names; a malformed entry is corruption."""
+    try:
+        state = manifest["state"]
+        size = state.get("size")
+        return [(str(state["digest"]), size if isinstance(size, int) else None)]
+    except (KeyError, TypeError, AttributeError):
+        raise CheckpointCorruptError(
+            f"manifest generation {manifest.get('generation')}", "it names no state blob"
+        ) from None
 
 
 def _listdir(path: Path) -> list[str]:

@@ -31,8 +31,11 @@ from resumable_magic import Resumable, RunInterrupted
 
 directory, key, mode, items = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 state = {"total": 0, "seen": []}
+params = {"lr": key.split("=")[1]} if "=" in key else None
 try:
-    with Resumable(key, state, dir=directory, every="10it", code="for i in range(n): ...") as run:
+    with Resumable(
+        key, state, dir=directory, every="10it", code="for i in range(n): ...", params=params
+    ) as run:
         for i in run.iterate(range(items)):
             if mode == "fail" and i == 25:
                 raise ValueError(f"bad item {i}")
@@ -154,10 +157,10 @@ def test_status_plain_when_piped(runs, capsys):
     assert code == 0 and err == ""
     assert "\x1b[" not in out
     lines = out.splitlines()
-    assert lines[0].split()[:3] == ["KEY", "STATE", "PROGRESS"]
+    assert lines[0].split()[:4] == ["KEY", "PARAMS", "STATE", "PROGRESS"]
     rows = {line.split()[0]: line for line in lines[1:]}
     assert set(rows) == {"sweep/lr=0.1", "failing", "crashed", "interrupted", "live"}
-    assert rows["sweep/lr=0.1"].split()[1:3] == ["finished", "100/100"]
+    assert rows["sweep/lr=0.1"].split()[1:4] == ["lr=0.1", "finished", "100/100"]
     assert "failed" in rows["failing"] and "ValueError: bad item 25" in rows["failing"]
     assert rows["live"].split()[1] == "running"
 
@@ -201,6 +204,11 @@ def test_show(runs, capsys):
     assert "  total  builtins.int" in out and "  seen   builtins.list" in out
     assert "for i in range(n): ..." in out  # the cell source
     assert '"versions"' not in out and "versions:" in out
+    history = out.split("history:\n", 1)[1].split("cell source:")[0].splitlines()
+    assert len(history) == 2 and "started" in history[0] and "finished" in history[1]
+    assert "at iteration 100" in history[1]
+    code, out, _ = _run_cli(capsys, "show", "failing", "--dir", str(ck))
+    assert code == 0 and "failed: ValueError: bad item 25" in out
 
 
 def test_errors_are_one_line_with_exit_code_1(runs, capsys, tmp_path):
@@ -231,21 +239,67 @@ def test_rm_deletes_and_refuses_a_running_run(runs, capsys, tmp_path):
     assert {r.key for r in list_runs(copy)} == {"failing", "interrupted", "live"}
 
 
-def test_gc_reports_and_removes_only_stale_temporaries(runs, capsys, tmp_path):
+def test_gc_removes_stale_temporaries_and_old_generations_never_a_running_run(runs, capsys, tmp_path):
     ck, _ = runs
     copy = tmp_path / "ck"
     _copy_tolerant(ck, copy)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
     stale = copy / "crashed" / "objects" / f".tmp-{int(dead.stdout)}-abc"
     stale.write_bytes(b"x" * 1000)
-    before = {p for p in copy.rglob("*") if p != stale}
+    sizes = {r.key: r.size for r in list_runs(copy)}
+    two_generations = [r.key for r in list_runs(copy) if len(list(r.path.glob("manifest.*"))) == 2]
+    assert "sweep/lr=0.1" in two_generations and "live" in two_generations
+    def files() -> dict[Path, bytes]:  # (gc takes each run's lease: its lock file may appear)
+        return {p: p.read_bytes() for p in copy.rglob("*") if p.is_file() and p.name != "owner.lock"}
+
+    before = files()
     code, out, _ = _run_cli(capsys, "gc", "--dir", str(copy), "--dry-run")
-    assert code == 0 and "would free 1000 B" in out and stale.exists()
+    assert code == 0 and "crashed: old generations and stale files, would free" in out
+    assert files() == before
+
     code, out, _ = _run_cli(capsys, "gc", "--dir", str(copy))
-    assert code == 0 and "freed 1000 B" in out and not stale.exists()
-    assert set(copy.rglob("*")) == before  # nothing else was touched
-    code, _, err = _run_cli(capsys, "gc", "--dir", str(copy), "--final-values")
-    assert code == 1 and "not implemented" in err
+    assert code == 0 and not stale.exists()
+    after = {r.key: r for r in list_runs(copy)}
+    assert "live: running, skipped" in out
+    assert len(list(after["live"].path.glob("manifest.*"))) == 2
+    for key in set(two_generations) - {"live"}:
+        assert len(list(after[key].path.glob("manifest.*"))) == 1
+        assert f"{key}: old generations and stale files, freed" in out
+    freed = sum(sizes[k] - after[k].size for k in ("sweep/lr=0.1", "failing", "crashed", "interrupted"))
+    assert f"freed {cli.format_size(freed)}" in out.splitlines()[-1]
+    assert {k: r.state for k, r in after.items()} == {r.key: r.state for r in list_runs(ck)}
+    code, out, _ = _run_cli(capsys, "show", "sweep/lr=0.1", "--dir", str(copy))
+    assert code == 0 and "progress:    100/100" in out  # the newest generation is intact
+
+
+def test_gc_final_values_keeps_the_completion_record(runs, capsys, tmp_path):
+    from resumable_magic import Resumable, ValuesDroppedError, load
+    from resumable_magic.errors import NoCheckpointError
+
+    ck, _ = runs
+    copy = tmp_path / "ck"
+    _copy_tolerant(ck, copy)
+    code, out, _ = _run_cli(capsys, "gc", "--dir", str(copy), "--final-values")
+    assert code == 0 and "sweep/lr=0.1: finished run's final values, freed" in out
+    assert "live: running, skipped" in out
+    run_dir = copy / "sweep" / "lr=0.1"
+    assert sorted(p.name for p in run_dir.iterdir() if p.is_file()) == ["DONE", "owner.json", "owner.lock"]
+    assert not list((run_dir / "objects").iterdir())
+    info = find_run(copy, "sweep/lr=0.1")
+    assert info.state == "finished" and info.position == info.total == 100
+    assert info.note and "final values deleted" in info.note
+    assert find_run(copy, "failing").state == "failed"  # only finished runs lose their values
+
+    with pytest.raises(ValuesDroppedError, match="--fresh"):
+        Resumable("sweep/lr=0.1", {"total": 0, "seen": []}, dir=copy).open()
+    with pytest.raises(NoCheckpointError, match="final values"):
+        load("sweep/lr=0.1", dir=copy)
+    state = {"total": 0, "seen": []}
+    with Resumable("sweep/lr=0.1", state, dir=copy, fresh=True) as run:
+        for i in run.iterate(range(100)):
+            state["total"] += i
+    assert load("sweep/lr=0.1", dir=copy)["total"] == sum(range(100))
+    assert find_run(copy, "sweep/lr=0.1").note is None
 
 
 def test_status_magic(runs):
