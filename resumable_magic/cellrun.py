@@ -48,6 +48,7 @@ def run_cell(
     line_offset: int = 0,
     code: str | None = None,
     params: Sequence[str] = (),
+    max_size: str | int | None = None,
 ) -> Resumable:
     """Run ``source`` (setup, one top-level loop, teardown) resumably in ``namespace``.
 
@@ -78,6 +79,7 @@ def run_cell(
         progress=progress,
         header=plan.header,
         final_names=plan.target_names,
+        max_size=max_size,
     )
     existing = {
         k for k, v in namespace.items() if not k.startswith("_") and not isinstance(v, types.ModuleType)

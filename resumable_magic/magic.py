@@ -91,6 +91,12 @@ class ResumableMagics(Magics):
         help="Resume (or extend a finished run) although values the cell reads have changed.",
     )
     @argument("--quiet", action="store_true", help="Show only warnings, errors and the final summary.")
+    @argument(
+        "--max-size",
+        default=None,
+        help="Warn when a checkpoint's state grows beyond this size (500MB, 2GiB; default "
+        "$RESUMABLE_MAX_SIZE, else no limit). A disk about to fill always warns.",
+    )
     @cell_magic
     def resumable(self, line: str, cell: str) -> None:
         """Run a loop whose state survives kernel crashes.
@@ -151,6 +157,7 @@ class ResumableMagics(Magics):
             line_offset=1,
             code=cell,
             params=_split_names(args.params or []),
+            max_size=args.max_size,
         )
 
     # -- helpers -------------------------------------------------------------------------------------

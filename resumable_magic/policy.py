@@ -24,6 +24,21 @@ _UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 _SPEC_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(it|s|sec|m|min|h)\s*$")
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20}
+_SIZE_UNITS.update({"g": 1e9, "gb": 1e9, "gib": 2**30, "t": 1e12, "tb": 1e12, "tib": 2**40})
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(spec: str | int | None, option: str = "--max-size") -> int | None:
+    """``"500MB"``, ``"2GiB"``, ``"1.5G"`` or a number of bytes; None stays None."""
+    if spec is None or (isinstance(spec, int) and not isinstance(spec, bool) and spec > 0):
+        return spec
+    match = _SIZE_RE.match(str(spec))
+    if match and match.group(2).lower() in _SIZE_UNITS and float(match.group(1)) > 0:
+        return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    raise OptionError(option, spec, "use a size like '500MB', '2GiB' or a number of bytes (above zero)")
+
+
 @dataclass(frozen=True)
 class Every:
     """A parsed ``--every``: exactly one of ``iterations`` / ``seconds``."""

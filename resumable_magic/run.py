@@ -18,6 +18,7 @@ import contextlib
 import difflib
 import os
 import pickle
+import shutil
 import signal
 import socket
 import sys
@@ -43,8 +44,16 @@ from .errors import (
     ValuesDroppedError,
 )
 from .lease import Lease
-from .policy import CheckpointPolicy, Every, parse_every
-from .progress import CheckpointStats, ProgressModel, ResumeInfo, StartInfo, TextProgress, format_duration
+from .policy import CheckpointPolicy, Every, parse_every, parse_size
+from .progress import (
+    CheckpointStats,
+    ProgressModel,
+    ResumeInfo,
+    StartInfo,
+    TextProgress,
+    format_duration,
+    format_size,
+)
 from .serialize import dumps_state, loads_state
 from .store import Checkpoint, RunStore, crash_point, digest
 from .wakeup import TICK_SECONDS, Wakeup
@@ -121,6 +130,9 @@ class Resumable:
         header: how to name the loop in messages (e.g. its first line).
         final_names: extra names saved with the final checkpoint only (a ``for`` loop's target).
         params: parameter values (as text) that the key was built from; recorded in the metadata.
+        max_size: warn (once) when a checkpoint's state is larger: ``"2GiB"``, ``"500MB"`` or bytes
+            (default ``$RESUMABLE_MAX_SIZE``, else no limit). A checkpoint that would leave less than
+            twice its size free on the disk always warns.
     """
 
     def __init__(
@@ -139,6 +151,7 @@ class Resumable:
         header: str = "loop",
         final_names: Sequence[str] = (),
         params: Mapping[str, str] | None = None,
+        max_size: str | int | None = None,
     ) -> None:
         self.key = key
         self.namespace = namespace
@@ -146,6 +159,8 @@ class Resumable:
         self.store = RunStore(dir if dir is not None else default_directory(), key)
         self.lease = Lease(self.store.path, key)
         self.policy = CheckpointPolicy(parse_every(every))
+        self.max_size = parse_size(max_size if max_size is not None else os.environ.get("RESUMABLE_MAX_SIZE"))
+        self._size_warned: set[str] = set()
         self.fresh, self.accept_changes = fresh, accept_changes
         self.inputs = fingerprint_inputs(inputs or {})
         self.code = code
@@ -437,6 +452,7 @@ class Resumable:
                 raise
             data = dumps_state({n: v for n, v in state.items() if n not in self.final_names})
         crash_point("serialized")
+        self._check_size(len(data), position)
         manifest: dict[str, Any] = {
             "created": time.time(),
             "position": position,
@@ -502,6 +518,27 @@ class Resumable:
         return events
 
     # -- checks ---------------------------------------------------------------------------------------
+    def _check_size(self, size: int, position: int) -> None:
+        """Warn once when the state outgrows ``max_size``, and once when the disk is about to fill."""
+        if self.max_size is not None and size > self.max_size and "limit" not in self._size_warned:
+            self._size_warned.add("limit")
+            self._warn(
+                f"The checkpoint at iteration {position:,} holds {format_size(size)} of state, over the "
+                f"{format_size(self.max_size)} limit (--max-size): a state variable may be growing "
+                f"without bound. Checkpointing goes on; raise the limit if this is expected."
+            )
+        try:
+            free = shutil.disk_usage(self.store.path).free
+        except OSError:
+            return
+        if free < 2 * size and "disk" not in self._size_warned:
+            self._size_warned.add("disk")
+            self._warn(
+                f"Only {format_size(free)} is free on the disk holding {str(self.store.path)!r}, and a "
+                f"checkpoint holds {format_size(size)}: the next checkpoints may fail for lack of space. "
+                f"Free some space, or checkpoint less state."
+            )
+
     def _require_names(self) -> None:
         for name in self.names:
             if name not in self.namespace:

@@ -52,3 +52,52 @@ def test_a_checkpoint_folder_that_cannot_be_created_is_named(tmp_path):
 
     with pytest.raises(CheckpointWriteError, match=r"Cannot write the checkpoint folder to .*blocked"):
         Resumable("job", {"x": 1}, dir=tmp_path / "blocked").open()
+
+
+GROWING = """
+import os, sys
+from resumable_magic import CheckpointWriteError, Resumable
+from resumable_magic.store import RunStore
+
+state = {"blocks": []}
+try:
+    with Resumable("grow", state, dir=sys.argv[1], every="1it") as run:
+        for i in run.iterate(range(40)):
+            state["blocks"].append(os.urandom(100_000))  # incompressible: 100 kB more per iteration
+            print("iteration", i, flush=True)
+except CheckpointWriteError as exc:
+    print("FINAL:", exc)
+newest = RunStore(sys.argv[1], "grow").read_latest()
+print("READABLE:", newest.checkpoint.position, len(newest.problems))
+left = [n for d in ("grow", "grow/objects") for n in os.listdir(os.path.join(sys.argv[1], d))]
+print("TEMPORARIES:", [n for n in left if n.startswith(".tmp-")])
+"""
+
+
+def test_a_filling_disk_warns_first_then_fails_checkpoints_and_keeps_the_last_good_one(tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    script = tmp_path / "grow.py"
+    script.write_text(GROWING)
+    done = subprocess.run(
+        [
+            "unshare",
+            "-rm",
+            "sh",
+            "-c",
+            f'mount -t tmpfs -o size=2m tmpfs "{mount}" && "{sys.executable}" "{script}" "{mount}" 2>&1',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    warned, failed = out.find("the next checkpoints may fail for lack of space"), out.find("could not be written")
+    assert 0 <= warned < failed, out  # the warning comes before the first failed checkpoint
+    assert out.count("the next checkpoints may fail") == 1
+    assert "iteration 39" in out  # the loop went on past the failures
+    assert "FINAL: Cannot write the final checkpoint" in out and "No space left on device" in out
+    position, problems = map(int, out.split("READABLE: ")[1].split()[:2])
+    assert position > 0 and problems == 0  # the last good checkpoint reads back, undamaged
+    assert "TEMPORARIES: []" in out

@@ -74,6 +74,7 @@ class Runner:
                     params=params,
                     accept_changes="--accept-changes" in flags,
                     progress=TextProgress(),
+                    max_size=flags[flags.index("--max-size") + 1] if "--max-size" in flags else None,
                 )
             except BaseException as exc:
                 error = exc
@@ -429,3 +430,16 @@ def test_library_errors_are_resumable_errors():
     for name in errors.__all__:
         cls = getattr(errors, name)
         assert issubclass(cls, (ResumableError, KeyboardInterrupt, UserWarning)), name
+
+
+def test_a_state_outgrowing_max_size_warns_once_and_the_run_goes_on(runner):
+    runner.ns.update(N=40)
+    grow = "blocks = []\nfor i in range(N):\n    blocks.append(bytes([i % 256]) * 4000)\n"
+    out = runner("blocks", grow, "--every 1it --max-size 50KiB")
+    assert out.error is None, out.out
+    assert out.out.count("over the 50.0 KiB limit (--max-size)") == 1, out.out
+    warned_at = int(re.search(r"The checkpoint at iteration (\d+) holds", out.out).group(1))
+    assert (warned_at - 1) * 4000 < 50 * 1024 < (warned_at + 1) * 4000  # the first one past the limit
+    assert len(load("t", dir=runner.directory)["blocks"]) == 40
+    bad = runner("blocks", grow, "--fresh --max-size lots")
+    assert type(bad.error).__name__ == "OptionError" and "--max-size" in str(bad.error)

@@ -63,6 +63,9 @@ def test_a_second_kernel_is_refused_then_takes_over_when_the_owner_is_killed(ker
     assert "Traceback" not in refused.output
     assert iterations_run(tmp_path, b.pid) == 0  # nothing ran
     assert a.partial(running).error is None  # the owner goes on
+    status = b.run(f"%resumable_status {tmp_path / 'ck'}")
+    row = next(line for line in status.text.splitlines() if line.startswith("shared"))
+    assert row.split()[1] == "running", status.text
 
     a.kill()
     resumed = b.run(cell)
