@@ -15,8 +15,8 @@ from collections.abc import MutableMapping, Sequence
 from typing import Any
 
 from .cellsplit import (
+    COUNTER_VAR,
     LOOP_VAR,
-    TICK_VAR,
     compile_block,
     compile_display,
     compile_iterable,
@@ -109,7 +109,7 @@ def run_cell(
             if plan.kind == "for":
                 namespace[LOOP_VAR] = run.iterate(prepared)
             else:
-                namespace[TICK_VAR] = run.tick
+                namespace[LOOP_VAR] = run.count(namespace, COUNTER_VAR)
             exec(loop_code, namespace)
             run.finish()
     except BaseException as exc:
@@ -117,7 +117,7 @@ def run_cell(
         raise
     finally:
         namespace.pop(LOOP_VAR, None)
-        namespace.pop(TICK_VAR, None)
+        namespace.pop(COUNTER_VAR, None)
     run.close()
 
     body, last = split_last_expression(plan.teardown)

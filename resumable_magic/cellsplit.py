@@ -12,7 +12,7 @@ from types import CodeType
 from .errors import CellStructureError
 
 LOOP_VAR = "_resumable_loop_"
-TICK_VAR = "_resumable_tick_"
+COUNTER_VAR = "_resumable_n_"
 _LOOPS = (ast.For, ast.While)
 
 # Methods that change their object in place: calling one on an unnamed variable inside the loop loses
@@ -116,22 +116,36 @@ def compile_loop(plan: CellPlan, filename: str) -> CodeType:
     """The loop, rewritten so that its iteration boundaries call into the run.
 
     ``for T in EXPR:`` becomes ``for T in _resumable_loop_:`` (an iterator the run provides, which
-    sees every boundary); ``while COND:`` becomes ``while _resumable_tick_() and (COND):``. Body,
-    ``else``, ``break`` and ``continue`` are untouched, so they behave exactly as written.
+    sees every boundary). ``while COND: BODY else: ELSE`` becomes::
+
+        for _resumable_n_ in _resumable_loop_:   # iteration numbers, in chunks
+            if not (COND):
+                ELSE
+                break
+            BODY
+
+    which is the same loop: ``ELSE`` runs exactly when the condition turns false, and a top-level
+    loop's ``else`` cannot hold a ``break`` or ``continue`` of its own. Body, ``break`` and
+    ``continue`` are untouched, so they behave exactly as written.
     """
     loop = plan.loop
     new: ast.stmt
+    iterator = ast.copy_location(ast.Name(id=LOOP_VAR, ctx=ast.Load()), loop)
     if isinstance(loop, ast.For):
-        iterator = ast.copy_location(ast.Name(id=LOOP_VAR, ctx=ast.Load()), loop.iter)
         new = ast.For(
             target=loop.target, iter=iterator, body=loop.body, orelse=loop.orelse, type_comment=None
         )
     else:
-        tick = ast.copy_location(
-            ast.Call(func=ast.Name(id=TICK_VAR, ctx=ast.Load()), args=[], keywords=[]), loop.test
+        if loop.orelse:  # a stray break/continue in `else` is a SyntaxError: keep it one
+            compile(ast.fix_missing_locations(ast.Module(body=[loop], type_ignores=[])), filename, "exec")
+        ended = ast.copy_location(
+            ast.If(
+                test=ast.UnaryOp(op=ast.Not(), operand=loop.test), body=[*loop.orelse, ast.Break()], orelse=[]
+            ),
+            loop.test,
         )
-        test = ast.copy_location(ast.BoolOp(op=ast.And(), values=[tick, loop.test]), loop.test)
-        new = ast.While(test=test, body=loop.body, orelse=loop.orelse)
+        counter = ast.copy_location(ast.Name(id=COUNTER_VAR, ctx=ast.Store()), loop)
+        new = ast.For(target=counter, iter=iterator, body=[ended, *loop.body], orelse=[], type_comment=None)
     ast.copy_location(new, loop)
     module = ast.Module(body=[new], type_ignores=[])
     ast.fix_missing_locations(module)

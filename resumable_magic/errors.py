@@ -144,7 +144,7 @@ class InputsChangedError(ResumeRefusedError):
             f"Cannot {'replay' if finished else 'resume'}: values the cell reads changed since {what} "
             f"was written ({lines}). Either start over with --fresh, or accept the new values and "
             f"{'continue' if finished else 'resume'} with --accept-changes (to extend a run), or give "
-            f"each value its own checkpoint with --name."
+            f"each parameter set its own checkpoint with --params NAME ... (or --name)."
         )
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
-import pickle
 import shutil
 import signal
 import socket
@@ -26,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from datetime import datetime
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ from .errors import (
     StateVariableError,
     ValuesDroppedError,
 )
+from .fingerprint import fingerprint_inputs, fingerprint_item
 from .lease import Lease
 from .policy import CheckpointPolicy, Every, parse_every, parse_size
 from .progress import (
@@ -58,46 +58,19 @@ from .serialize import dumps_state, loads_state
 from .store import Checkpoint, RunStore, crash_point, digest
 from .wakeup import TICK_SECONDS, Wakeup
 
-__all__ = ["Resumable", "default_directory", "fingerprint_inputs", "load", "variables_of"]
+__all__ = ["Resumable", "default_directory", "load", "variables_of"]
 
 _RNG_KEY = "__resumable_rng__"
+# Fast loops run in chunks of C-level iteration; boundaries fall between chunks sized to ~2 ms.
+_CHUNK_SECONDS = 0.002
+_MAX_CHUNK = 1 << 16
 _HISTORY_LIMIT = 200  # events kept in the metadata: the first one and the newest ones
-_SIMPLE = (bool, int, float, complex, str, bytes, type(None))
-_MAX_INPUT_REPR = 1000
 _MISSING = object()  # "no item": a checkpoint not taken at a for-loop boundary
 
 
 def default_directory() -> Path:
     """``$RESUMABLE_DIR``, else ``.resumable`` in the current working directory."""
     return Path(os.environ.get("RESUMABLE_DIR") or ".resumable")
-
-
-def _is_simple(value: Any, depth: int = 0) -> bool:
-    if isinstance(value, _SIMPLE):
-        return True
-    if isinstance(value, (tuple, frozenset)) and len(value) <= 32 and depth < 2:
-        return all(_is_simple(v, depth + 1) for v in value)
-    return False
-
-
-def fingerprint_inputs(values: Mapping[str, Any]) -> dict[str, str]:
-    """The simple values (numbers, strings, small tuples) among ``values``, as comparable reprs."""
-    found = {}
-    for name, value in values.items():
-        if _is_simple(value):
-            text = repr(value)
-            if len(text) <= _MAX_INPUT_REPR:
-                found[name] = text
-    return found
-
-
-def _item_fingerprint(item: Any) -> str:
-    if _is_simple(item):
-        return digest(repr(item).encode())
-    try:
-        return digest(pickle.dumps(item, protocol=5))
-    except Exception:
-        return f"type:{type(item).__module__}.{type(item).__qualname__}"
 
 
 def _when(wall_time: float) -> str:
@@ -189,8 +162,9 @@ class Resumable:
         self._previous_end: str | None = None  # how the attempt before this one ended (from outcome.json)
         self._started = False  # restore() ran: this attempt counts (an outcome is recorded at close)
         self._first_tick = True
-        self._iterator: Iterator[Any] | None = None
+        self._iterator: Iterator[Any] | None = None  # the generator that sees the boundaries; closed at the end
         self._prepared = False
+        self._sequence: list[Any] | tuple[Any, ...] | range | None = None  # a fast for loop's iterable
         self._ended = False
 
     # -- the script API ---------------------------------------------------------------------------
@@ -212,8 +186,25 @@ class Resumable:
         """Iterate over ``iterable``, skipping what was done before the crash, checkpointing as due."""
         if self.replayed:
             return iter(())
-        self._iterator = self._boundaries(iterable if self._prepared else self.prepare(iterable))  # type: ignore[arg-type]
+        iterator = iterable if self._prepared else self.prepare(iterable)
+        if self._sequence is not None and _iterator_index(iterator) is not None:
+            # A list, tuple or range: run it in chunks of C-level iteration (chain over islice), the
+            # iterator's own index giving the exact position whenever the loop stops.
+            self._iterator = self._chunks(iterator, self._sequence)  # type: ignore[arg-type]
+            return chain.from_iterable(self._iterator)
+        self._iterator = self._boundaries(iterator)  # type: ignore[arg-type]
         return self._iterator
+
+    def count(self, namespace: Mapping[str, Any], counter: str) -> Iterator[int]:
+        """Iteration numbers for a rewritten ``while`` loop: ``for <counter> in run.count(...)``.
+
+        The loop stores each number in ``namespace[counter]``, which gives the exact position when it
+        stops between boundaries (its condition turned false, ``break``, an exception).
+        """
+        if self.replayed:
+            return iter(())
+        self._iterator = self._counted(namespace, counter)
+        return chain.from_iterable(self._iterator)
 
     def tick(self) -> bool:
         """Call once per ``while`` iteration, before the condition: ``while run.tick() and cond:``."""
@@ -285,8 +276,10 @@ class Resumable:
         so a refusal leaves the namespace untouched and a generator that draws random numbers draws
         them from the same RNG state as the uninterrupted run did."""
         self._prepared = True
-        with contextlib.suppress(TypeError):
+        with contextlib.suppress(TypeError, OverflowError):
             self.total = len(iterable)  # type: ignore[arg-type]
+        if isinstance(iterable, (list, tuple, range)):
+            self._sequence = iterable
         iterator = iter(iterable)
         skip = self.position if self._checkpoint is not None else 0
         if skip == 0 or self.replayed:
@@ -300,7 +293,7 @@ class Resumable:
             deque(islice(iterator, skip - 1), maxlen=0)
             last = next(iterator, _MISSING)
         expected = self._checkpoint.manifest.get("item") if self._checkpoint else None
-        if last is _MISSING or (expected is not None and _item_fingerprint(last) != expected):
+        if last is _MISSING or (expected is not None and fingerprint_item(last) != expected):
             raise IterationMismatchError(skip, self.header)
         return iterator
 
@@ -405,6 +398,57 @@ class Resumable:
             # Also on close() after a `break`: the count of iterations whose boundary was reached.
             self.position = position
 
+    def _chunks(self, iterator: Iterator[Any], sequence: Sequence[Any]) -> Iterator[Iterator[Any]]:
+        # The fast path for lists, tuples and ranges: the loop body runs over islice chunks of the
+        # sequence's own iterator (no Python code per item); boundaries fall between chunks.
+        position, size = self.position, 1
+        try:
+            while True:
+                length = self._chunk_length(position, size)
+                started = time.perf_counter()
+                yield islice(iterator, length)
+                elapsed = time.perf_counter() - started
+                index = _iterator_index(iterator)
+                if index is None or index == position:  # exhausted
+                    position = len(sequence) if index is None else index
+                    return
+                self.position = position = index
+                if self._wake[0] or position == self._next_at:
+                    self._boundary(sequence[position - 1])
+                size = _next_chunk_size(size, length, elapsed)
+        except GeneratorExit:
+            # Stopped inside a chunk (break, an exception): the item in progress did not complete.
+            index = _iterator_index(iterator)
+            position = (len(sequence) if index is None else index) - 1
+            raise
+        finally:
+            self.position = position
+
+    def _counted(self, namespace: Mapping[str, Any], counter: str) -> Iterator[range]:
+        position, size = self.position, 1
+        try:
+            while True:
+                length = self._chunk_length(position, size)
+                started = time.perf_counter()
+                yield range(position, position + length)
+                elapsed = time.perf_counter() - started
+                self.position = position = position + length
+                if self._wake[0] or position == self._next_at:
+                    self._boundary(_MISSING)
+                size = _next_chunk_size(size, length, elapsed)
+        except GeneratorExit:
+            current = namespace.get(counter)  # the iteration in progress when the loop stopped
+            if isinstance(current, int) and position <= current:
+                position = current
+            raise
+        finally:
+            self.position = position
+
+    def _chunk_length(self, position: int, size: int) -> int:
+        if self._next_at > position:  # an iteration-policy checkpoint falls exactly on a boundary
+            return min(size, self._next_at - position)
+        return size
+
     def _boundary(self, item: Any) -> None:
         self._wake[0] = False
         now = time.monotonic()
@@ -458,7 +502,7 @@ class Resumable:
             "position": position,
             "total": self.total,
             "names": [n for n in names if n in state],
-            "item": _item_fingerprint(item) if item is not _MISSING else None,
+            "item": fingerprint_item(item) if item is not _MISSING else None,
             "inputs": self.inputs,
             "params": self.params,
             "code": self.code,
@@ -637,6 +681,25 @@ class Resumable:
             f"Use --fresh to run it again."
         )
         self.progress.run_ended("replayed")
+
+
+def _iterator_index(iterator: Any) -> int | None:
+    """How many items a list/tuple/range iterator has yielded; None once it is exhausted (or unknown)."""
+    try:
+        state = iterator.__reduce__()
+    except (AttributeError, TypeError):
+        return None
+    return state[2] if len(state) > 2 and isinstance(state[2], int) else None
+
+
+def _next_chunk_size(size: int, length: int, elapsed: float) -> int:
+    if length < size:
+        return size  # a chunk cut short by the iteration policy says little about speed
+    if elapsed < _CHUNK_SECONDS / 2:
+        return min(size * 2, _MAX_CHUNK)
+    if elapsed > _CHUNK_SECONDS * 4:
+        return max(1, int(size * _CHUNK_SECONDS / elapsed))
+    return size
 
 
 def _quote(names: Iterable[str]) -> str:
