@@ -49,7 +49,7 @@ CASES = {
     "for over range, ~10 us body": (
         "total = 0",
         "for i in range(N):\n    s = 0\n    for j in range(60):\n        s += j\n    total += s\n",
-        1000,
+        20,
         1.01,
     ),
 }

@@ -107,8 +107,15 @@ class CheckpointStats:
     generation: int
     position: int
     wall_time: float  # time.time() at commit
-    nbytes: int  # bytes written for this checkpoint
+    nbytes: int  # size of the checkpointed state
     seconds: float  # time the loop was blocked by it
+    written: int | None = None  # bytes actually written (less when unchanged data was not rewritten)
+
+    def written_note(self) -> str:
+        """``""`` when all of it was written, else ``", 40.0 KiB new"`` / ``", unchanged"``."""
+        if self.written is None or self.written >= self.nbytes:
+            return ""
+        return ", unchanged" if self.written == 0 else f", {format_size(self.written)} new"
 
 
 @dataclass(frozen=True)

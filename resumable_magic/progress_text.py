@@ -105,7 +105,8 @@ def checkpoint_text(snap: Snapshot) -> str:
         ago = format_duration(snap.since_checkpoint or 0.0, whole=True)
         text = (
             f"last checkpoint {ago} ago ({format_clock(last.wall_time, snap.now_wall)}), "
-            f"{snap.checkpoints} written, {format_size(last.nbytes)} in {format_duration(last.seconds)}"
+            f"{snap.checkpoints} written, {format_size(last.nbytes)}{last.written_note()} in "
+            f"{format_duration(last.seconds)}"
         )
     text += f", overhead {snap.overhead:.1%}"
     if snap.failed_checkpoints:
@@ -169,7 +170,7 @@ def summary_line(snap: Snapshot) -> str:
         f"{'' if snap.checkpoints == 1 else 's'}"
     )
     if last is not None:
-        text += f" (last {format_size(last.nbytes)})"
+        text += f" (last {format_size(last.nbytes)}{last.written_note()})"
     text += f", overhead {snap.overhead:.1%}"
     resumed = snap.resumed
     if resumed is not None:

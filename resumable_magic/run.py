@@ -542,7 +542,7 @@ class Resumable:
             self._warn(self.policy.over_budget_note)
             self.policy.over_budget_note = None
         self.progress.checkpoint_finished(
-            CheckpointStats(generation, position, manifest["created"], written, blocked)
+            CheckpointStats(generation, position, manifest["created"], len(data), blocked, written)
         )
         return generation
 

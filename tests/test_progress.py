@@ -568,3 +568,15 @@ def test_nbclient_stores_the_summary_as_text_plain(tmp_path):
     assert text.startswith("finished: 5 iterations in ") and "5 checkpoints" in text
     assert "application/vnd.jupyter.widget-view+json" in displays[0].data
     assert [o.text for o in outputs if o.output_type == "stream"] == ["WidgetProgress\n"]
+
+
+def test_a_checkpoint_that_rewrote_nothing_says_unchanged_not_zero_bytes():
+    from resumable_magic.progress_text import checkpoint_text
+
+    model = ProgressModel()
+    model.run_started(StartInfo(key="k", names=("x",), total=10, start_position=0, policy="every 1it"))
+    model.checkpoint_finished(CheckpointStats(1, 0, T0, nbytes=4096, seconds=0.01, written=4096))
+    model.checkpoint_finished(CheckpointStats(2, 5, T0, nbytes=4096, seconds=0.01, written=0))
+    assert "4.0 KiB, unchanged in" in checkpoint_text(model.snapshot())
+    model.checkpoint_finished(CheckpointStats(3, 9, T0, nbytes=4096, seconds=0.01, written=1024))
+    assert "4.0 KiB, 1.0 KiB new in" in checkpoint_text(model.snapshot())
