@@ -232,6 +232,13 @@ class Lease:
         self._thread = threading.Thread(target=self._beat, name="resumable-lease", daemon=True)
         self._thread.start()
 
+    def in_child(self) -> Lease:
+        """This lease for a forked child writing a checkpoint: same token, a fresh mutex (a lock object
+        must not cross a fork), no heartbeat thread (the parent keeps beating)."""
+        twin = Lease(self.path, self.key, self.timeout)
+        twin.token, twin.held, twin._record = self.token, self.held, dict(self._record)
+        return twin
+
     def _beat(self) -> None:
         interval = min(HEARTBEAT_SECONDS, self.timeout / 5)
         while not self._stop.wait(interval):

@@ -55,6 +55,7 @@ from .progress import (
     format_size,
 )
 from .serialize import dumps_state, loads_state
+from .snapshot import FORK_MIN_BYTES, Snapshot, fork_refusal
 from .store import Checkpoint, RunStore, crash_point, digest
 from .wakeup import TICK_SECONDS, Wakeup
 
@@ -64,6 +65,7 @@ _RNG_KEY = "__resumable_rng__"
 # Fast loops run in chunks of C-level iteration; boundaries fall between chunks sized to ~2 ms.
 _CHUNK_SECONDS = 0.002
 _MAX_CHUNK = 1 << 16
+_SNAPSHOT_WAIT = 600.0  # seconds to wait for a background writer before killing it
 _HISTORY_LIMIT = 200  # events kept in the metadata: the first one and the newest ones
 _MISSING = object()  # "no item": a checkpoint not taken at a for-loop boundary
 
@@ -134,6 +136,9 @@ class Resumable:
         self.policy = CheckpointPolicy(parse_every(every))
         self.max_size = parse_size(max_size if max_size is not None else os.environ.get("RESUMABLE_MAX_SIZE"))
         self._size_warned: set[str] = set()
+        self._snapshot: Snapshot | None = None  # a background checkpoint writer in flight
+        self._last_size = 0  # bytes of the newest committed state: decides whether to fork
+        self._said_mode = False
         self.fresh, self.accept_changes = fresh, accept_changes
         self.inputs = fingerprint_inputs(inputs or {})
         self.code = code
@@ -162,7 +167,9 @@ class Resumable:
         self._previous_end: str | None = None  # how the attempt before this one ended (from outcome.json)
         self._started = False  # restore() ran: this attempt counts (an outcome is recorded at close)
         self._first_tick = True
-        self._iterator: Iterator[Any] | None = None  # the generator that sees the boundaries; closed at the end
+        self._iterator: Iterator[Any] | None = (
+            None  # the generator that sees the boundaries; closed at the end
+        )
         self._prepared = False
         self._sequence: list[Any] | tuple[Any, ...] | range | None = None  # a fast for loop's iterable
         self._ended = False
@@ -240,6 +247,11 @@ class Resumable:
     def _open(self) -> None:
         self.store.clean_temporaries()
         result = self.store.read_latest()
+        from .errors import UntrustedCheckpointError
+
+        untrusted = [p for p in result.problems if isinstance(p, UntrustedCheckpointError)]
+        if untrusted and result.checkpoint is None and not self.fresh:
+            raise untrusted[0]  # not "start over": that would delete what a lost key makes unreadable
         for problem in result.problems:
             self._warn(f"{problem} It is ignored; an older checkpoint is used if there is one.")
         checkpoint = result.checkpoint
@@ -359,6 +371,12 @@ class Resumable:
         """Report how the run ended, stop the timer thread, give the signals back. Always call it."""
         if self._iterator is not None:
             self._iterator.close()  # syncs self.position when the loop raised between boundaries
+        if self._snapshot is not None:  # a background writer in flight: its checkpoint counts
+            hurry = isinstance(exc, KeyboardInterrupt) and not isinstance(exc, RunInterrupted)
+            try:
+                self._collect_snapshot(wait=True, timeout=5.0 if hurry else _SNAPSHOT_WAIT)
+            except ResumableError as error:
+                self._warn(str(error))
         if not self._ended and not self.replayed and self._started and self.lease.lost is None:
             self._ended = True
             outcome, detail, error = None, "", None
@@ -452,10 +470,12 @@ class Resumable:
     def _boundary(self, item: Any) -> None:
         self._wake[0] = False
         now = time.monotonic()
+        if self._snapshot is not None:
+            self._collect_snapshot(wait=False)
         if self.lease.lost is not None:
             raise OwnershipLostError(self.key, self.lease.lost)
         if self._wakeup.stop_signal is not None:
-            self._take_checkpoint(item)
+            self._take_checkpoint(item, sync=True)
             name = signal.Signals(self._wakeup.stop_signal).name
             raise RunInterrupted(
                 f"Stopped by {name} after iteration {self.position:,}; checkpoint saved. "
@@ -472,34 +492,72 @@ class Resumable:
             self._next_report = now + TICK_SECONDS
             self.progress.advanced(self.position)
 
-    def _take_checkpoint(self, item: Any = None, *, first: bool = False, final: bool = False) -> int:
+    def _take_checkpoint(
+        self, item: Any = _MISSING, *, first: bool = False, final: bool = False, sync: bool = False
+    ) -> int:
+        """Checkpoint now: synchronously, or by a forked child when the state is large (snapshot.py).
+
+        The first and final checkpoints, and the one taken on a stop request, are synchronous (the
+        run must not go on, or end, before they are durable). Returns the newest committed generation.
+        """
+        sync = sync or first or final
+        if self._snapshot is not None:
+            if not sync:
+                return self._last_generation or 0  # one background writer at a time: due again later
+            self._collect_snapshot(wait=True)
         position = self.position
         with self.store.fence():  # a writer that lost the run stops before writing anything
             pass
+        state, manifest = self._capture(item, final)
+        refusal = "synchronous checkpoint" if sync else fork_refusal(self._last_size)
         self.progress.checkpoint_started(position)
+        if refusal is None:
+            self._snapshot = Snapshot.start(lambda: self._write(state, manifest, final, child=True), position)
+            self._last_time = time.monotonic()
+            if not self._said_mode:
+                self._said_mode = True
+                self._info(
+                    f"The state is {format_size(self._last_size)}: checkpoints are written by a background "
+                    f"process (fork), so the loop stalls for {format_duration(self._snapshot.stall)} instead "
+                    f"of the whole write."
+                )
+            return self._last_generation or 0
+        if not sync and not self._said_mode and self._last_size >= FORK_MIN_BYTES:
+            self._said_mode = True
+            self._info(f"Checkpoints are written synchronously: {refusal}.")
         started = time.monotonic()
+        try:
+            result = self._write(state, manifest, final)
+        except OwnershipLostError:
+            raise
+        except OSError as exc:
+            if first or final:
+                what = (
+                    "first checkpoint (before the loop)"
+                    if first
+                    else "final checkpoint (the loop has finished)"
+                )
+                raise CheckpointWriteError(self.store.path, what, exc, self._kept()) from None
+            self._checkpoint_failed(position, str(exc))
+            return self._last_generation or 0
+        return self._committed(result, position, time.monotonic() - started, background=False)
+
+    def _capture(self, item: Any, final: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The state to save (references, not copies) and the manifest's metadata, at this instant."""
         names = self.names + (self.final_names if final else ())
         gone = [n for n in self.names if n not in self.namespace]
         if gone:
             raise StateVariableError(
                 gone[0],
-                f"State variable {gone[0]!r} no longer exists at iteration {position:,}: the loop deleted it. "
-                f"The checkpoint at iteration {self._last_position:,} is kept; keep the variable defined, "
-                f"or remove it from the names.",
+                f"State variable {gone[0]!r} no longer exists at iteration {self.position:,}: the loop "
+                f"deleted it. The checkpoint at iteration {self._last_position:,} is kept; keep the "
+                f"variable defined, or remove it from the names.",
             )
         state = {n: self.namespace[n] for n in names if n in self.namespace}
         state[_RNG_KEY] = rng.capture()
-        try:
-            data = dumps_state(state)
-        except NotSerializableError:
-            if not final or not self.final_names:
-                raise
-            data = dumps_state({n: v for n, v in state.items() if n not in self.final_names})
-        crash_point("serialized")
-        self._check_size(len(data), position)
         manifest: dict[str, Any] = {
             "created": time.time(),
-            "position": position,
+            "position": self.position,
             "total": self.total,
             "names": [n for n in names if n in state],
             "item": fingerprint_item(item) if item is not _MISSING else None,
@@ -512,39 +570,88 @@ class Resumable:
             "versions": _versions(),
             "history": self._history(final),
         }
+        return state, manifest
+
+    def _write(
+        self, state: dict[str, Any], manifest: dict[str, Any], final: bool, child: bool = False
+    ) -> dict[str, Any]:
+        """Serialise, store and commit one checkpoint (in this process, or in a forked child)."""
+        if child:
+            self.store.fence = self.lease.in_child().fenced
         try:
-            blob, written = self.store.put_blob(data)
-            manifest["state"] = {"digest": blob, "size": len(data)}
-            generation = self.store.commit(manifest, keep=self._last_generation)
-        except OwnershipLostError:
-            raise
-        except OSError as exc:
-            if first or final:
-                what = (
-                    "first checkpoint (before the loop)"
-                    if first
-                    else "final checkpoint (the loop has finished)"
-                )
-                raise CheckpointWriteError(self.store.path, what, exc, self._kept()) from None
-            self.progress.checkpoint_failed(f"checkpoint at iteration {position:,} failed: {exc}")
-            self._warn(
-                f"The checkpoint at iteration {position:,} could not be written ({exc}); the loop goes "
-                f"on and the previous checkpoint (iteration {self._last_position:,}) stays."
-            )
-            self._last_time = time.monotonic()
-            return self._last_generation or 0
-        blocked = time.monotonic() - started
-        self._last_generation, self._last_position, self._last_time = generation, position, time.monotonic()
+            data = dumps_state(state)
+        except NotSerializableError:
+            if not final or not self.final_names:
+                raise
+            data = dumps_state({n: v for n, v in state.items() if n not in self.final_names})
+            manifest["names"] = [n for n in manifest["names"] if n not in self.final_names]
+        crash_point("serialized")
+        blob, written = self.store.put_blob(data)
+        manifest["state"] = {"digest": blob, "size": len(data)}
+        generation = self.store.commit(manifest, keep=self._last_generation)
+        return {
+            "generation": generation,
+            "written": written,
+            "size": len(data),
+            "created": manifest["created"],
+        }
+
+    def _committed(self, result: dict[str, Any], position: int, blocked: float, *, background: bool) -> int:
+        generation = int(result["generation"])
+        self.store.seen_generation = max(self.store.seen_generation, generation)
+        self._last_generation, self._last_position, self._last_size = (
+            generation,
+            position,
+            int(result["size"]),
+        )
+        self._last_time = time.monotonic()
         if self.policy.iterations:
-            self._next_at = position + self.policy.iterations
+            self._next_at = max(self._next_at, position + self.policy.iterations)
         self.policy.checkpoint_done(blocked)
         if self.policy.over_budget_note:
             self._warn(self.policy.over_budget_note)
             self.policy.over_budget_note = None
+        self._check_size(self._last_size, position)
         self.progress.checkpoint_finished(
-            CheckpointStats(generation, position, manifest["created"], len(data), blocked, written)
+            CheckpointStats(
+                generation,
+                position,
+                float(result["created"]),
+                self._last_size,
+                blocked,
+                int(result["written"]),
+            )
         )
         return generation
+
+    def _checkpoint_failed(self, position: int, reason: str) -> None:
+        self.progress.checkpoint_failed(f"checkpoint at iteration {position:,} failed: {reason}")
+        self._warn(
+            f"The checkpoint at iteration {position:,} could not be written ({reason}); the loop goes "
+            f"on and the previous checkpoint (iteration {self._last_position:,}) stays."
+        )
+        self._last_time = time.monotonic()
+
+    def _collect_snapshot(self, wait: bool, timeout: float = _SNAPSHOT_WAIT) -> None:
+        """Take in a background writer's result: a committed checkpoint, or an error raised or reported."""
+        snapshot = self._snapshot
+        if snapshot is None:
+            return
+        result = snapshot.wait(timeout) if wait else snapshot.poll()
+        if result is None:
+            return
+        self._snapshot = None
+        if "ok" in result:
+            self._committed(result["ok"], snapshot.position, snapshot.stall, background=True)
+            return
+        attrs = result.get("attrs") or {}
+        if result.get("error") == "NotSerializableError":
+            raise NotSerializableError(
+                str(attrs.get("name")), str(attrs.get("path")), str(attrs.get("reason"))
+            )
+        if result.get("error") == "OwnershipLostError":
+            raise OwnershipLostError(self.key, str(attrs.get("owner")))
+        self._checkpoint_failed(snapshot.position, f"{result.get('error')}: {result.get('message')}")
 
     def _start_threads(self) -> None:
         self._wakeup.start()
