@@ -577,6 +577,7 @@ class Resumable:
     ) -> dict[str, Any]:
         """Serialise, store and commit one checkpoint (in this process, or in a forked child)."""
         if child:
+            crash_point("background")
             self.store.fence = self.lease.in_child().fenced
         try:
             data = dumps_state(state)
