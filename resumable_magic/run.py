@@ -137,6 +137,8 @@ class Resumable:
         self.max_size = parse_size(max_size if max_size is not None else os.environ.get("RESUMABLE_MAX_SIZE"))
         self._size_warned: set[str] = set()
         self._snapshot: Snapshot | None = None  # a background checkpoint writer in flight
+        # Each background write: the loop's stall, the writer's time, the memory it ended up copying.
+        self.background_writes: list[dict[str, Any]] = []
         self._last_size = 0  # bytes of the newest committed state: decides whether to fork
         self._said_mode = False
         self.fresh, self.accept_changes = fresh, accept_changes
@@ -643,6 +645,9 @@ class Resumable:
             return
         self._snapshot = None
         if "ok" in result:
+            self.background_writes.append(
+                {"stall": snapshot.stall, "seconds": result.get("seconds"), "private": result.get("private")}
+            )
             self._committed(result["ok"], snapshot.position, snapshot.stall, background=True)
             return
         attrs = result.get("attrs") or {}

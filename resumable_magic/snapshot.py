@@ -49,7 +49,12 @@ def available_memory() -> int | None:
 
 
 def fork_refusal(state_size: int) -> str | None:
-    """Why a checkpoint of ``state_size`` bytes must be written synchronously; None when it may fork."""
+    """Why a checkpoint of ``state_size`` bytes must be written synchronously; None when it may fork.
+
+    ``$RESUMABLE_BACKGROUND=0`` turns background checkpoints off.
+    """
+    if os.environ.get("RESUMABLE_BACKGROUND", "").strip().lower() in ("0", "no", "false", "off"):
+        return "background checkpoints are off (RESUMABLE_BACKGROUND=0)"
     if sys.platform != "linux" or not hasattr(os, "fork"):
         return "background checkpoints need Linux"
     if state_size < FORK_MIN_BYTES:
@@ -94,7 +99,9 @@ class Snapshot:
                 os.close(read_fd)
                 _die_with(parent)
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # a notebook interrupt is for the parent
-                message = json.dumps({"ok": work()})
+                message = json.dumps(
+                    {"ok": work(), "private": _private_bytes(), "seconds": time.monotonic() - started}
+                )
             except BaseException as exc:
                 status = 1
                 message = json.dumps(
@@ -160,6 +167,16 @@ class Snapshot:
             )
             return {"error": "ChildDied", "message": f"the background writer {how}", "attrs": {}}
         return result if isinstance(result, dict) else {"error": "ChildDied", "message": "no result"}
+
+
+def _private_bytes() -> int | None:
+    """Memory this process no longer shares with its parent: the pages copied since the fork."""
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return sum(int(fields[k].split()[0]) * 1024 for k in ("Private_Clean", "Private_Dirty"))
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _attributes(exc: BaseException) -> dict[str, Any]:
