@@ -15,7 +15,6 @@ namespace when ``names`` is omitted) together with the global RNG states.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import os
 import shutil
 import signal
@@ -24,12 +23,11 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
-from datetime import datetime
 from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
-from . import rng
+from . import iteration, messages, rng
 from .errors import (
     CheckpointWriteError,
     InputsChangedError,
@@ -62,22 +60,14 @@ from .wakeup import TICK_SECONDS, Wakeup
 __all__ = ["Resumable", "default_directory", "load", "variables_of"]
 
 _RNG_KEY = "__resumable_rng__"
-# Fast loops run in chunks of C-level iteration; boundaries fall between chunks sized to ~2 ms.
-_CHUNK_SECONDS = 0.002
-_MAX_CHUNK = 1 << 16
 _SNAPSHOT_WAIT = 600.0  # seconds to wait for a background writer before killing it
 _HISTORY_LIMIT = 200  # events kept in the metadata: the first one and the newest ones
-_MISSING = object()  # "no item": a checkpoint not taken at a for-loop boundary
+_MISSING = iteration.MISSING  # "no item": a checkpoint not taken at a for-loop boundary
 
 
 def default_directory() -> Path:
     """``$RESUMABLE_DIR``, else ``.resumable`` in the current working directory."""
     return Path(os.environ.get("RESUMABLE_DIR") or ".resumable")
-
-
-def _when(wall_time: float) -> str:
-    ago = format_duration(max(0.0, time.time() - wall_time))
-    return f"{datetime.fromtimestamp(wall_time).strftime('%Y-%m-%d %H:%M:%S')}, {ago} ago"
 
 
 def _versions() -> dict[str, str]:
@@ -196,12 +186,12 @@ class Resumable:
         if self.replayed:
             return iter(())
         iterator = iterable if self._prepared else self.prepare(iterable)
-        if self._sequence is not None and _iterator_index(iterator) is not None:
+        if self._sequence is not None and iteration.iterator_index(iterator) is not None:
             # A list, tuple or range: run it in chunks of C-level iteration (chain over islice), the
             # iterator's own index giving the exact position whenever the loop stops.
-            self._iterator = self._chunks(iterator, self._sequence)  # type: ignore[arg-type]
+            self._iterator = iteration.chunks(self, iterator, self._sequence)  # type: ignore[arg-type]
             return chain.from_iterable(self._iterator)
-        self._iterator = self._boundaries(iterator)  # type: ignore[arg-type]
+        self._iterator = iteration.per_item(self, iterator)  # type: ignore[arg-type]
         return self._iterator
 
     def count(self, namespace: Mapping[str, Any], counter: str) -> Iterator[int]:
@@ -212,7 +202,7 @@ class Resumable:
         """
         if self.replayed:
             return iter(())
-        self._iterator = self._counted(namespace, counter)
+        self._iterator = iteration.counted(self, namespace, counter)
         return chain.from_iterable(self._iterator)
 
     def tick(self) -> bool:
@@ -253,7 +243,9 @@ class Resumable:
 
         untrusted = [p for p in result.problems if isinstance(p, UntrustedCheckpointError)]
         if untrusted and result.checkpoint is None and not self.fresh:
-            raise untrusted[0]  # not "start over": that would delete what a lost key makes unreadable
+            # Not "start over": that would delete what a lost key makes unreadable. Name the newest
+            # manifest (the checkpoint), else what there is (DONE, a folder).
+            raise next((p for p in untrusted if p.path.name.startswith("manifest.")), untrusted[0])
         for problem in result.problems:
             self._warn(f"{problem} It is ignored; an older checkpoint is used if there is one.")
         checkpoint = result.checkpoint
@@ -263,7 +255,7 @@ class Resumable:
         if checkpoint is None and not self.fresh:
             dropped = self.store.dropped_values()
             if dropped is not None:
-                raise ValuesDroppedError(self.key, _when(float(dropped.get("finished") or 0)))
+                raise ValuesDroppedError(self.key, messages.when(float(dropped.get("finished") or 0)))
         if checkpoint is None or self.fresh:
             return
         done = self.store.finished(checkpoint.generation)
@@ -402,73 +394,6 @@ class Resumable:
         return f"the checkpoint at iteration {self._last_position:,} is kept: run again to resume from it"
 
     # -- boundaries and checkpoints --------------------------------------------------------------------
-    def _boundaries(self, iterator: Iterator[Any]) -> Iterator[Any]:
-        # The hot path: one local increment and one flag test per iteration; everything else happens
-        # in _boundary, reached only when the timer thread, a signal or the iteration policy asks.
-        position = self.position
-        wake = self._wake
-        try:
-            for item in iterator:
-                yield item
-                position += 1
-                if wake[0] or position == self._next_at:
-                    self.position = position
-                    self._boundary(item)
-        finally:
-            # Also on close() after a `break`: the count of iterations whose boundary was reached.
-            self.position = position
-
-    def _chunks(self, iterator: Iterator[Any], sequence: Sequence[Any]) -> Iterator[Iterator[Any]]:
-        # The fast path for lists, tuples and ranges: the loop body runs over islice chunks of the
-        # sequence's own iterator (no Python code per item); boundaries fall between chunks.
-        position, size = self.position, 1
-        try:
-            while True:
-                length = self._chunk_length(position, size)
-                started = time.perf_counter()
-                yield islice(iterator, length)
-                elapsed = time.perf_counter() - started
-                index = _iterator_index(iterator)
-                if index is None or index == position:  # exhausted
-                    position = len(sequence) if index is None else index
-                    return
-                self.position = position = index
-                if self._wake[0] or position == self._next_at:
-                    self._boundary(sequence[position - 1])
-                size = _next_chunk_size(size, length, elapsed)
-        except GeneratorExit:
-            # Stopped inside a chunk (break, an exception): the item in progress did not complete.
-            index = _iterator_index(iterator)
-            position = (len(sequence) if index is None else index) - 1
-            raise
-        finally:
-            self.position = position
-
-    def _counted(self, namespace: Mapping[str, Any], counter: str) -> Iterator[range]:
-        position, size = self.position, 1
-        try:
-            while True:
-                length = self._chunk_length(position, size)
-                started = time.perf_counter()
-                yield range(position, position + length)
-                elapsed = time.perf_counter() - started
-                self.position = position = position + length
-                if self._wake[0] or position == self._next_at:
-                    self._boundary(_MISSING)
-                size = _next_chunk_size(size, length, elapsed)
-        except GeneratorExit:
-            current = namespace.get(counter)  # the iteration in progress when the loop stopped
-            if isinstance(current, int) and position <= current:
-                position = current
-            raise
-        finally:
-            self.position = position
-
-    def _chunk_length(self, position: int, size: int) -> int:
-        if self._next_at > position:  # an iteration-policy checkpoint falls exactly on a boundary
-            return min(size, self._next_at - position)
-        return size
-
     def _boundary(self, item: Any) -> None:
         self._wake[0] = False
         now = time.monotonic()
@@ -679,66 +604,31 @@ class Resumable:
         """Warn once when the state outgrows ``max_size``, and once when the disk is about to fill."""
         if self.max_size is not None and size > self.max_size and "limit" not in self._size_warned:
             self._size_warned.add("limit")
-            self._warn(
-                f"The checkpoint at iteration {position:,} holds {format_size(size)} of state, over the "
-                f"{format_size(self.max_size)} limit (--max-size): a state variable may be growing "
-                f"without bound. Checkpointing goes on; raise the limit if this is expected."
-            )
+            self._warn(messages.size_limit_text(position, size, self.max_size))
         try:
             free = shutil.disk_usage(self.store.path).free
         except OSError:
             return
         if free < 2 * size and "disk" not in self._size_warned:
             self._size_warned.add("disk")
-            self._warn(
-                f"Only {format_size(free)} is free on the disk holding {str(self.store.path)!r}, and a "
-                f"checkpoint holds {format_size(size)}: the next checkpoints may fail for lack of space. "
-                f"Free some space, or checkpoint less state."
-            )
+            self._warn(messages.disk_space_text(free, str(self.store.path), size))
 
     def _require_names(self) -> None:
         for name in self.names:
             if name not in self.namespace:
-                close = difflib.get_close_matches(
-                    name, [k for k in self.namespace if not k.startswith("_")], 1
-                )
-                hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise StateVariableError(
-                    name,
-                    f"State variable {name!r} is not defined when the loop starts: assign it before the "
-                    f"loop (in the cell's setup or an earlier cell), or remove it from the names.{hint}",
-                )
+                raise messages.undefined_name_error(name, self.namespace)
 
     def _check_inputs(self, checkpoint: Checkpoint, *, finished: bool) -> None:
-        before: dict[str, str] = checkpoint.manifest.get("inputs") or {}
-        changes = {
-            name: (old, self.inputs.get(name, "undefined"))
-            for name, old in before.items()
-            if self.inputs.get(name, "undefined") != old
-        }
+        changes = messages.input_changes(checkpoint.manifest.get("inputs") or {}, self.inputs)
         if changes and not self.accept_changes:
             raise InputsChangedError(changes, finished)
         if changes:
-            self._info(
-                "Accepted changed inputs: "
-                + "; ".join(f"{n}: {old} -> {new}" for n, (old, new) in sorted(changes.items()))
-            )
+            self._info(messages.accepted_changes_text(changes))
 
     def _check_code(self, checkpoint: Checkpoint, *, finished: bool) -> None:
         old = checkpoint.manifest.get("code")
-        if self.code is None or old is None or old == self.code:
-            return
-        diff = [
-            line
-            for line in difflib.unified_diff(old.splitlines(), self.code.splitlines(), lineterm="", n=0)
-            if line[:1] in "+-" and not line.startswith(("+++", "---"))
-        ]
-        shown = "\n    ".join(diff[:8]) + ("\n    ..." if len(diff) > 8 else "")
-        then = "replaying the finished run's result" if finished else "resuming with the new code"
-        self._warn(
-            f"the cell's code changed since the checkpoint was written ({_when(checkpoint.created)}); "
-            f"{then}. Changes:\n    {shown}\n  Use --fresh to start over with the new code."
-        )
+        if self.code is not None and old is not None and old != self.code:
+            self._warn(messages.code_change_text(old, self.code, checkpoint.created, finished))
 
     # -- reporting ----------------------------------------------------------------------------------------
     def _info(self, text: str) -> None:
@@ -769,50 +659,23 @@ class Resumable:
         )
 
     def _report_resume(self, checkpoint: Checkpoint, resumed: ResumeInfo) -> None:
-        of = f" of {self.total:,}" if self.total is not None else ""
-        text = (
-            f"Resumed {', '.join(self.names)} from the checkpoint at iteration {checkpoint.position:,}{of} "
-            f"(written {_when(checkpoint.created)})."
-        )
-        if resumed.redone_iterations:
-            text += (
-                f" Redoing the work after it: the interrupted run had reached iteration "
-                f"{checkpoint.position + resumed.redone_iterations:,} ({resumed.redone_iterations:,} "
-                f"iterations, about {format_duration(resumed.redone_seconds or 0)} of work)."
+        self._info(
+            messages.resume_text(
+                self.names,
+                checkpoint.position,
+                self.total,
+                checkpoint.created,
+                resumed.redone_iterations,
+                resumed.redone_seconds,
             )
-        else:
-            text += " Work done after that checkpoint, if any, is redone."
-        self._info(text)
+        )
 
     def _report_replay(self, checkpoint: Checkpoint) -> None:
         finished_at = (self._done_record or {}).get("finished", checkpoint.created)
-        restored = ", ".join(n for n in self.names + self.final_names if n in self.namespace)
+        restored = [n for n in self.names + self.final_names if n in self.namespace]
         self.progress.run_started(self._start_info(None))
-        self._info(
-            f"Replayed the finished run {self.key!r} (finished {_when(finished_at)} after "
-            f"{checkpoint.position:,} iterations): restored {restored}; the loop was skipped. "
-            f"Use --fresh to run it again."
-        )
+        self._info(messages.replay_text(self.key, finished_at, checkpoint.position, restored))
         self.progress.run_ended("replayed")
-
-
-def _iterator_index(iterator: Any) -> int | None:
-    """How many items a list/tuple/range iterator has yielded; None once it is exhausted (or unknown)."""
-    try:
-        state = iterator.__reduce__()
-    except (AttributeError, TypeError):
-        return None
-    return state[2] if len(state) > 2 and isinstance(state[2], int) else None
-
-
-def _next_chunk_size(size: int, length: int, elapsed: float) -> int:
-    if length < size:
-        return size  # a chunk cut short by the iteration policy says little about speed
-    if elapsed < _CHUNK_SECONDS / 2:
-        return min(size * 2, _MAX_CHUNK)
-    if elapsed > _CHUNK_SECONDS * 4:
-        return max(1, int(size * _CHUNK_SECONDS / elapsed))
-    return size
 
 
 def _quote(names: Iterable[str]) -> str:

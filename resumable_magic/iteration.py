@@ -1,0 +1,123 @@
+"""How a resumable loop's iterations are driven: the hot path, and where its boundaries fall.
+
+Three drivers, all generators that keep a run's ``position`` (completed iterations) exact wherever
+the loop stops, and call ``run._boundary(item)`` only when a checkpoint may be due (the run's wake
+flag, raised by its timer thread or a signal, or an iteration-policy checkpoint at ``_next_at``):
+
+- :func:`chunks`: a ``list``, ``tuple`` or ``range``, consumed through ``islice`` chunks of its own
+  iterator (the caller chains them with ``itertools.chain.from_iterable``): no Python code runs per
+  item; the iterator's index gives the position. Chunks are sized to ~2 ms of iterations.
+- :func:`counted`: iteration numbers for a rewritten ``while`` loop, in ``range`` chunks; the loop
+  stores the current number in its namespace, which gives the position where it stops.
+- :func:`per_item`: any other iterable, one generator step per item (~50 ns).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from itertools import islice
+from typing import Any, Protocol
+
+__all__ = ["CHUNK_SECONDS", "MISSING", "chunks", "counted", "iterator_index", "per_item"]
+
+CHUNK_SECONDS = 0.002  # boundaries fall between chunks of about this much work
+MAX_CHUNK = 1 << 16
+MISSING = object()  # "no item": a boundary of a while loop
+
+
+class LoopRun(Protocol):
+    position: int
+    _wake: list[bool]
+    _next_at: int
+
+    def _boundary(self, item: Any) -> None: ...
+
+
+def per_item(run: LoopRun, iterator: Iterator[Any]) -> Iterator[Any]:
+    """Yield every item; one local increment and one flag test per iteration."""
+    position = run.position
+    wake = run._wake
+    try:
+        for item in iterator:
+            yield item
+            position += 1
+            if wake[0] or position == run._next_at:
+                run.position = position
+                run._boundary(item)
+    finally:
+        # Also on close() after a `break`: the count of iterations whose boundary was reached.
+        run.position = position
+
+
+def chunks(run: LoopRun, iterator: Iterator[Any], sequence: Sequence[Any]) -> Iterator[Iterator[Any]]:
+    """``islice`` chunks of a list/tuple/range iterator, with boundaries between them."""
+    position, size = run.position, 1
+    try:
+        while True:
+            length = _chunk_length(run, position, size)
+            started = time.perf_counter()
+            yield islice(iterator, length)
+            elapsed = time.perf_counter() - started
+            index = iterator_index(iterator)
+            if index is None or index == position:  # exhausted
+                position = len(sequence) if index is None else index
+                return
+            run.position = position = index
+            if run._wake[0] or position == run._next_at:
+                run._boundary(sequence[position - 1])
+            size = _next_chunk_size(size, length, elapsed)
+    except GeneratorExit:
+        # Stopped inside a chunk (break, an exception): the item in progress did not complete.
+        index = iterator_index(iterator)
+        position = (len(sequence) if index is None else index) - 1
+        raise
+    finally:
+        run.position = position
+
+
+def counted(run: LoopRun, namespace: Mapping[str, Any], counter: str) -> Iterator[range]:
+    """``range`` chunks of iteration numbers for a rewritten ``while`` loop."""
+    position, size = run.position, 1
+    try:
+        while True:
+            length = _chunk_length(run, position, size)
+            started = time.perf_counter()
+            yield range(position, position + length)
+            elapsed = time.perf_counter() - started
+            run.position = position = position + length
+            if run._wake[0] or position == run._next_at:
+                run._boundary(MISSING)
+            size = _next_chunk_size(size, length, elapsed)
+    except GeneratorExit:
+        current = namespace.get(counter)  # the iteration in progress when the loop stopped
+        if isinstance(current, int) and position <= current:
+            position = current
+        raise
+    finally:
+        run.position = position
+
+
+def iterator_index(iterator: Any) -> int | None:
+    """How many items a list/tuple/range iterator has yielded; None once it is exhausted (or unknown)."""
+    try:
+        state = iterator.__reduce__()
+    except (AttributeError, TypeError):
+        return None
+    return state[2] if len(state) > 2 and isinstance(state[2], int) else None
+
+
+def _chunk_length(run: LoopRun, position: int, size: int) -> int:
+    if run._next_at > position:  # an iteration-policy checkpoint falls exactly on a boundary
+        return min(size, run._next_at - position)
+    return size
+
+
+def _next_chunk_size(size: int, length: int, elapsed: float) -> int:
+    if length < size:
+        return size  # a chunk cut short by the iteration policy says little about speed
+    if elapsed < CHUNK_SECONDS / 2:
+        return min(size * 2, MAX_CHUNK)
+    if elapsed > CHUNK_SECONDS * 4:
+        return max(1, int(size * CHUNK_SECONDS / elapsed))
+    return size

@@ -1,0 +1,118 @@
+"""What a run tells its user: the texts of banners, warnings and refusals, built from plain values.
+
+Pure functions (no I/O), so that every message is testable and the run's code reads as what it does.
+"""
+
+from __future__ import annotations
+
+import difflib
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from .errors import StateVariableError
+from .progress_text import format_duration, format_size
+
+__all__ = [
+    "accepted_changes_text",
+    "code_change_text",
+    "disk_space_text",
+    "input_changes",
+    "replay_text",
+    "resume_text",
+    "size_limit_text",
+    "undefined_name_error",
+    "when",
+]
+
+
+def when(wall_time: float) -> str:
+    """``2026-11-23 12:00:01, 5 min ago``."""
+    ago = format_duration(max(0.0, time.time() - wall_time))
+    return f"{datetime.fromtimestamp(wall_time).strftime('%Y-%m-%d %H:%M:%S')}, {ago} ago"
+
+
+def undefined_name_error(name: str, namespace: Mapping[str, Any]) -> StateVariableError:
+    close = difflib.get_close_matches(name, [k for k in namespace if not k.startswith("_")], 1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return StateVariableError(
+        name,
+        f"State variable {name!r} is not defined when the loop starts: assign it before the "
+        f"loop (in the cell's setup or an earlier cell), or remove it from the names.{hint}",
+    )
+
+
+def input_changes(before: Mapping[str, str], now: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """``{name: (then, now)}`` for every fingerprinted input that differs."""
+    return {
+        name: (old, now.get(name, "undefined"))
+        for name, old in before.items()
+        if now.get(name, "undefined") != old
+    }
+
+
+def accepted_changes_text(changes: Mapping[str, tuple[str, str]]) -> str:
+    return "Accepted changed inputs: " + "; ".join(
+        f"{n}: {old} -> {new}" for n, (old, new) in sorted(changes.items())
+    )
+
+
+def code_change_text(old: str, new: str, created: float, finished: bool) -> str:
+    diff = [
+        line
+        for line in difflib.unified_diff(old.splitlines(), new.splitlines(), lineterm="", n=0)
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    ]
+    shown = "\n    ".join(diff[:8]) + ("\n    ..." if len(diff) > 8 else "")
+    then = "replaying the finished run's result" if finished else "resuming with the new code"
+    return (
+        f"the cell's code changed since the checkpoint was written ({when(created)}); "
+        f"{then}. Changes:\n    {shown}\n  Use --fresh to start over with the new code."
+    )
+
+
+def size_limit_text(position: int, size: int, limit: int) -> str:
+    return (
+        f"The checkpoint at iteration {position:,} holds {format_size(size)} of state, over the "
+        f"{format_size(limit)} limit (--max-size): a state variable may be growing "
+        f"without bound. Checkpointing goes on; raise the limit if this is expected."
+    )
+
+
+def disk_space_text(free: int, path: str, size: int) -> str:
+    return (
+        f"Only {format_size(free)} is free on the disk holding {path!r}, and a "
+        f"checkpoint holds {format_size(size)}: the next checkpoints may fail for lack of space. "
+        f"Free some space, or checkpoint less state."
+    )
+
+
+def resume_text(
+    names: Sequence[str],
+    position: int,
+    total: int | None,
+    created: float,
+    redone: int | None,
+    redone_seconds: float | None,
+) -> str:
+    of = f" of {total:,}" if total is not None else ""
+    text = (
+        f"Resumed {', '.join(names)} from the checkpoint at iteration {position:,}{of} "
+        f"(written {when(created)})."
+    )
+    if redone:
+        return text + (
+            f" Redoing the work after it: the interrupted run had reached iteration "
+            f"{position + redone:,} ({redone:,} iterations, about {format_duration(redone_seconds or 0)} "
+            f"of work)."
+        )
+    return text + " Work done after that checkpoint, if any, is redone."
+
+
+def replay_text(key: str, finished_at: float, position: int, restored: Sequence[str]) -> str:
+    return (
+        f"Replayed the finished run {key!r} (finished {when(finished_at)} after "
+        f"{position:,} iterations): restored {', '.join(restored)}; the loop was skipped. "
+        f"Use --fresh to run it again."
+    )
