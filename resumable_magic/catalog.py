@@ -142,10 +142,32 @@ def _size(run_dir: Path) -> int:
 
 def _newest(store: RunStore) -> tuple[Checkpoint | None, list[str]]:
     """The newest good checkpoint, state not read; retried once if a live run collected it."""
-    result = store.read_latest(load_state=False)
-    if result.checkpoint is None and result.problems:
+    try:
         result = store.read_latest(load_state=False)
+        if result.checkpoint is None and result.problems:
+            result = store.read_latest(load_state=False)
+    except ResumableError as exc:  # another format version: listed with the reason, not read
+        return None, [str(exc)]
     return result.checkpoint, [str(p) for p in result.problems]
+
+
+def _read_owner(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return read_lease(run_dir)
+    except RecursionError:  # JSON nested deeper than the parser goes: no lease a run wrote
+        return None
+
+
+def _owner_live(owner: dict[str, Any]) -> bool:
+    try:
+        return owner_state(owner) == "live"
+    except OverflowError:  # a time no float holds: not a lease any live process wrote
+        return False
+
+
+def _wall_time(value: Any) -> float | None:
+    """``value`` as a wall-clock time, or None when it is no plausible one (not a number, year > 5000)."""
+    return float(value) if type(value) in (int, float) and 0 <= value < 1e11 else None
 
 
 def _key_of(root: Path, run_dir: Path, manifest: dict[str, Any]) -> str:
@@ -173,7 +195,7 @@ def _inspect(root: Path, run_dir: Path) -> RunInfo:
         total = manifest.get("total")
         info.total = int(total) if isinstance(total, int) else None
     info.size = _size(run_dir)
-    info.owner = read_lease(run_dir)
+    info.owner = _read_owner(run_dir)
     info.outcome = store.read_outcome()
 
     done = None
@@ -191,12 +213,12 @@ def _inspect(root: Path, run_dir: Path) -> RunInfo:
             info.manifest = done
             info.position = done.get("position") if isinstance(done.get("position"), int) else None
             info.total = done.get("total") if isinstance(done.get("total"), int) else None
-            info.created = float(done["created"]) if isinstance(done.get("created"), (int, float)) else None
+            info.created = _wall_time(done.get("created"))
             info.key = _key_of(root, run_dir, done)
             info.note = "final values deleted (gc --final-values)"
     if done is not None:
         info.state = "finished"
-    elif info.owner is not None and owner_state(info.owner) == "live":
+    elif info.owner is not None and _owner_live(info.owner):
         info.state = "running"
     elif info.outcome and info.outcome.get("state") in ("interrupted", "failed"):
         info.state = str(info.outcome["state"])
@@ -206,7 +228,7 @@ def _inspect(root: Path, run_dir: Path) -> RunInfo:
 
     times = [info.created]
     for record in (info.owner, info.outcome, done):
-        with contextlib.suppress(AttributeError, TypeError, ValueError):
+        with contextlib.suppress(AttributeError, TypeError, ValueError, OverflowError):
             times.append(float(record.get("heartbeat", record.get("time", record.get("finished")))))  # type: ignore[union-attr]
     info.updated = max((t for t in times if t is not None), default=None)
     return info

@@ -257,6 +257,38 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trust(args: argparse.Namespace) -> int:
+    from .errors import ResumableError
+    from .trust import find_runs, key_source, trust_run
+
+    status = 0
+    for given in args.paths:
+        top = Path(given)
+        runs = find_runs(top) if top.is_dir() else []
+        if not runs:
+            what = "no checkpoints in" if top.is_dir() else "no folder"
+            print(f"resumable trust: {what} {given!r} (a run folder holds manifest.*.json)", file=sys.stderr)
+            status = 1
+        for run in runs:
+            try:
+                report = trust_run(run, top=top)
+            except (ResumableError, OSError) as exc:
+                print(f"resumable trust: {' '.join(str(exc).split())}", file=sys.stderr)
+                status = 1
+                continue
+            private = f"; made {report.modes_fixed} file(s) private" if report.modes_fixed else ""
+            if report.signed:
+                print(f"trusted {run}: signed {', '.join(report.signed)} with {key_source()}{private}")
+            else:
+                print(f"resumable trust: nothing in {str(run)!r} could be signed{private}", file=sys.stderr)
+                status = 1
+            for line in report.skipped:
+                print(f"  not signed (damaged): {line}")
+            for line in report.notes:
+                print(f"  note: {line}")
+    return status
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="resumable", description="Inspect and clean up %%resumable checkpoint folders."
@@ -289,6 +321,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="also delete finished runs' final values (their DONE record stays: never re-run by accident)",
     )
     p.set_defaults(func=cmd_gc)
+
+    p = sub.add_parser(
+        "trust",
+        help="sign checkpoints you vouch for with your key (a copy from a colleague, another machine)",
+        description="Verify the checksums of the runs at each PATH (a run folder, or a checkpoint "
+        "folder: every run under it), sign their checkpoints with your key, and make their files "
+        "private. Files owned by someone else are refused: copy them first (cp -r), which makes the "
+        "copy yours.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.set_defaults(func=cmd_trust)
     return parser
 
 

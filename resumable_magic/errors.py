@@ -27,6 +27,7 @@ __all__ = [
     "RunInterrupted",
     "RunOwnedError",
     "StateVariableError",
+    "UntrustedCheckpointError",
     "ValuesDroppedError",
 ]
 
@@ -200,3 +201,21 @@ class RunInterrupted(KeyboardInterrupt):
 
 class ResumableWarning(UserWarning):
     """Something the user should know that does not stop the run (state that will not survive, ...)."""
+
+
+class UntrustedCheckpointError(CheckpointCorruptError):
+    """A checkpoint file is refused before anything in it is unpickled: someone else owns it or can
+    write it, or its signature does not verify with this user's key (see ``resumable_magic.trust``).
+
+    A subclass of :class:`CheckpointCorruptError`, so readers pass over it the same way (an older
+    trusted checkpoint is used; a listing reports it), but with its own message.
+    """
+
+    def __init__(self, path: Path | str, reason: str, remedy: str = "", what: str = "checkpoint file") -> None:
+        self.path, self.reason, self.remedy = Path(path), reason, remedy
+        ResumableError.__init__(
+            self,
+            f"Refusing to load {what} {str(path)!r}: {reason}. Loading a checkpoint runs code from it, "
+            f"so only checkpoints written with your key, in files that you own and nobody else can "
+            f"write, are loaded (as ssh does with its keys).{' ' + remedy if remedy else ''}",
+        )

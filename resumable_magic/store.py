@@ -23,10 +23,12 @@ than any it knew, raises :class:`~resumable_magic.errors.OwnershipLostError` ins
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
 import signal
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -37,7 +39,14 @@ from typing import Any
 
 import xxhash
 
-from .errors import CheckpointCorruptError, CheckpointFormatError, OptionError, OwnershipLostError
+from . import trust
+from .errors import (
+    CheckpointCorruptError,
+    CheckpointFormatError,
+    OptionError,
+    OwnershipLostError,
+    UntrustedCheckpointError,
+)
 
 FORMAT_VERSION = 1
 DIGEST_ALGORITHM = "xxh3_128"
@@ -66,6 +75,7 @@ CRASH_STEPS = (
     "committed",  # directory fsynced, old generations not yet collected
     "collecting",  # old manifests deleted, unreferenced blobs not yet
 )
+# Also "background": a forked background writer (snapshot.py) has started, nothing written yet.
 
 
 def _crash_point(step: str) -> None:
@@ -125,32 +135,170 @@ def _canonical(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _sealed(record: dict[str, Any]) -> bytes:
-    """JSON with a checksum over its canonical form, so a torn or edited record is detected."""
-    body = {k: v for k, v in record.items() if k != "checksum"}
-    return json.dumps({**body, "checksum": digest(_canonical(body))}, indent=1, ensure_ascii=False).encode()
+_SIGNED = b"resumable_magic record\n"  # a signature is over this, then the record's canonical JSON
+_sha256_cache: dict[tuple[str, int, int, int, int], str] = {}  # blob files hashed: (name, identity)
+_sha256_put: dict[str, str] = {}  # name -> SHA-256 of the bytes this process stored under that name
 
 
-def _unseal(path: Path) -> dict[str, Any]:
+def _sealed(record: dict[str, Any], objects: Path | None = None) -> bytes:
+    """JSON with a checksum over its canonical form, so a torn or edited record is detected, and a
+    signature with the user's key (:mod:`.trust`), so a planted or foreign one is refused.
+
+    A manifest records the SHA-256 of every blob it names in ``blob_sha256``, so that the signature
+    covers the blobs' content: their xxh3 names detect damage, not forgery (xxh3 collisions are easy
+    to construct). The hash is the one the record has, else that of the bytes :meth:`RunStore.put_blob`
+    stored under the name in this process, else (given ``objects``) that of the file.
+    """
+    body = {k: v for k, v in record.items() if k not in ("checksum", "signature")}
+    if "state" in body:  # a manifest
+        known = body.get("blob_sha256") if isinstance(body.get("blob_sha256"), dict) else {}
+        hashes = {}
+        with contextlib.suppress(CheckpointCorruptError):  # names no blob: nothing to hash
+            for name, _ in manifest_blobs(body):
+                found = known.get(name) or _sha256_put.get(name)
+                if found is None and objects is not None:
+                    found = _file_sha256(objects, name)
+                if found is not None:
+                    hashes[name] = found
+        if hashes or "blob_sha256" in body:
+            body["blob_sha256"] = hashes
+    signed = {**body, "signature": trust.sign(_SIGNED + _canonical(body))}
+    return json.dumps(
+        {**signed, "checksum": digest(_canonical(signed))}, indent=1, ensure_ascii=False
+    ).encode()
+
+
+def _remember_sha256(name: str, data: bytes | memoryview) -> None:
+    if len(_sha256_put) > 4096:
+        _sha256_put.clear()
+    _sha256_put[name] = hashlib.sha256(data).hexdigest()
+
+
+def _file_sha256(objects: Path, name: str) -> str:
+    """SHA-256 of blob ``name``, read in chunks; remembered per file, so an unchanged blob is hashed once."""
+    fd = os.open(objects / name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        ident = (name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        found = _sha256_cache.get(ident)
+        if found is None:
+            sha = hashlib.sha256()
+            while chunk := f.read(1 << 20):
+                sha.update(chunk)
+            if len(_sha256_cache) > 4096:
+                _sha256_cache.clear()
+            found = _sha256_cache[ident] = sha.hexdigest()
+    return found
+
+
+def _read_record(path: Path, verify: bool) -> bytes:
+    """A record's bytes, read from the file whose owner and mode were checked (``verify``): no window
+    for a rename between the check and the read. Never blocks on a planted FIFO."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        raw = path.read_bytes()
+        fd = os.open(path, flags)
     except OSError as exc:
         raise CheckpointCorruptError(path, f"cannot be read ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise CheckpointCorruptError(path, "it is not a regular file")
+        if verify:
+            trust.check_private(path, st)
+        try:
+            return f.read()
+        except OSError as exc:
+            raise CheckpointCorruptError(path, f"cannot be read ({exc.strerror})") from None
+
+
+def _read_signed_blob(store: RunStore, manifest: dict[str, Any], name: str) -> bytes:
+    """Blob ``name``'s bytes for unpickling: the user's own private file, holding exactly the content
+    whose SHA-256 the signed ``manifest`` records (a blob with the right xxh3 name is not enough)."""
+    path = store.objects / name
+    trust.check_private(path, run=store.path)
+    data = store.read_blob(name)
+    hashes = manifest.get("blob_sha256")
+    expected = hashes.get(name) if isinstance(hashes, dict) else None
+    if not isinstance(expected, str):
+        reason = "its manifest records no SHA-256 of it, so the manifest's signature does not cover it"
+        raise UntrustedCheckpointError(path, reason, trust.trust_remedy(store.path))
+    if hashlib.sha256(data).hexdigest() != expected:
+        reason = (
+            "it is not the content its signed manifest names (the SHA-256 differs): it was replaced "
+            "after the checkpoint was written"
+        )
+        raise UntrustedCheckpointError(path, reason, trust.trust_remedy(store.path))
+    return data
+
+
+def _folders_down(top: Path, path: Path) -> list[Path]:
+    """The folders below ``top`` down to ``path`` (a nested key's), ``path`` included."""
+    try:
+        parts = path.relative_to(top).parts
+    except ValueError:
+        return [path]
+    return [top.joinpath(*parts[: i + 1]) for i in range(len(parts))] or [path]
+
+
+def _check_folders(store: RunStore) -> None:
+    """The checkpoint folder, a nested key's folders, the run folder and ``objects/``: the user's own
+    and writable by nobody else (:func:`.trust.check_private`), or nothing in them is loaded."""
+    for folder in dict.fromkeys(
+        [store.directory, *_folders_down(store.directory, store.path), store.objects]
+    ):
+        trust.check_private(folder, run=store.path, what="checkpoint folder")
+
+
+def _unseal(path: Path, verify: bool = True) -> dict[str, Any]:
+    """A sealed record's fields (without its checksum and signature), once its checksum and format
+    check out and, with ``verify``, its owner, mode and signature: otherwise
+    :class:`~resumable_magic.errors.UntrustedCheckpointError`. ``verify=False``: for ``resumable
+    trust``, which re-signs what it verified, and for collection, which keeps what kept manifests name."""
+    raw = _read_record(path, verify)
     if not raw:
         raise CheckpointCorruptError(path, "the file is empty")
     try:
         record = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise CheckpointCorruptError(path, "it is not valid JSON (torn or overwritten)") from None
     if not isinstance(record, dict) or not isinstance(record.get("checksum"), str):
         raise CheckpointCorruptError(path, "it has no checksum")
     body = {k: v for k, v in record.items() if k != "checksum"}
-    if digest(_canonical(body)) != record["checksum"]:
+    try:
+        canonical = _canonical(body)
+    except (ValueError, RecursionError):  # a lone surrogate ("\ud800") parses but cannot be encoded
+        raise CheckpointCorruptError(path, "it holds text that cannot be encoded") from None
+    if digest(canonical) != record["checksum"]:
         raise CheckpointCorruptError(path, "its checksum does not match its content")
     version = record.get("format")
     if version != FORMAT_VERSION:
         raise CheckpointFormatError(path, version, FORMAT_VERSION)
+    signature = body.pop("signature", None)
+    if verify and not trust.verify(_SIGNED + _canonical(body), signature):
+        raise UntrustedCheckpointError(
+            path, trust.signature_reason(signature), trust.trust_remedy(trust.run_folder(path))
+        )
     return body
+
+
+_BLOB_NAME_RE = re.compile(r"[0-9a-f]{1,128}")
+_FIELD_TYPES = {"names": list, "inputs": dict, "code": (str, type(None)), "history": (list, type(None))}
+
+
+def _check_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """The fields readers rely on have their types: a valid checksum over wrong ones (a foreign or
+    buggy writer) is damage too, not a TypeError in a reader later."""
+    position, created = manifest.get("position"), manifest.get("created")
+    if type(position) is not int or position < 0:
+        raise CheckpointCorruptError(path, f"its position {str(position)[:40]!r} is not a count")
+    if type(created) not in (int, float) or not 0 <= created < 1e11:
+        raise CheckpointCorruptError(path, f"its time {str(created)[:40]!r} is not a wall-clock time")
+    for name, _ in manifest_blobs(manifest):
+        if not _BLOB_NAME_RE.fullmatch(name):
+            raise CheckpointCorruptError(path, f"it names a blob {name[:80]!r} that is no digest")
+    for name, kinds in _FIELD_TYPES.items():
+        if name in manifest and not isinstance(manifest[name], kinds):
+            raise CheckpointCorruptError(path, f"its {name!r} is a {type(manifest[name]).__name__}")
 
 
 # -- keys ------------------------------------------------------------------------------------------
@@ -213,13 +361,14 @@ class RunStore:
 
     # -- writing ------------------------------------------------------------------------------------
     def ensure(self) -> None:
-        """Create the run's directories (private to the user)."""
-        for path in (self.directory, self.path, self.objects):
+        """Create the run's directories (private to the user: a nested key's folders too)."""
+        for path in (self.directory, *_folders_down(self.directory, self.path), self.objects):
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def put_blob(self, data: bytes) -> tuple[str, int]:
         """Store ``data`` under its digest; return (digest, bytes written: 0 when it was already there)."""
         name = digest(data)
+        _remember_sha256(name, data)  # for the signed manifest that will name it
         target = self.objects / name
         if target.exists():
             try:
@@ -248,7 +397,7 @@ class RunStore:
             record = {**manifest, "format": FORMAT_VERSION, "generation": generation, "key": self.key}
             _write_atomic(
                 self._manifest_path(generation),
-                _sealed(record),
+                _sealed(record, self.objects),
                 steps=("manifest-written", "manifest-synced"),
             )
             self.seen_generation = generation
@@ -278,7 +427,7 @@ class RunStore:
     def read_outcome(self) -> dict[str, Any] | None:
         try:
             record = json.loads((self.path / "outcome.json").read_bytes())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return None
         return record if isinstance(record, dict) else None
 
@@ -308,15 +457,27 @@ class RunStore:
         with the recorded size, and no state is read: cheap for runs holding gigabytes.
         """
         problems: list[CheckpointCorruptError] = []
+        with contextlib.suppress(CheckpointFormatError):  # finished() raises that one
+            try:
+                if (self.path / "DONE").exists():
+                    _unseal(self.path / "DONE")
+            except CheckpointCorruptError as exc:
+                problems.append(exc)  # a damaged DONE is reported here; finished() says "not finished"
         generations = sorted(self._generations(), reverse=True)
         self.seen_generation = max([self.seen_generation, *generations[:1]])
+        try:
+            if generations:
+                _check_folders(self)
+        except UntrustedCheckpointError as exc:
+            return ReadResult(None, [*problems, exc])
         for generation in generations:
             try:
                 manifest = _unseal(self._manifest_path(generation))
+                _check_manifest(self._manifest_path(generation), manifest)
                 if not load_state:
                     self._check_blobs(manifest)
                     return ReadResult(Checkpoint(generation, manifest), problems)
-                state = self.read_blob(manifest["state"]["digest"])
+                state = _read_signed_blob(self, manifest, manifest["state"]["digest"])
             except CheckpointCorruptError as exc:
                 problems.append(exc)
                 continue
@@ -410,7 +571,10 @@ class RunStore:
         path = self.path / "DONE"
         if not path.exists():
             return None
-        record = _unseal(path)
+        try:
+            record = _unseal(path)
+        except CheckpointCorruptError:  # reported by read_latest: the final checkpoint resumes instead
+            return None
         return record if record.get("generation") == latest_generation else None
 
     # -- internals ----------------------------------------------------------------------------------
@@ -431,7 +595,7 @@ class RunStore:
             path = self._manifest_path(generation)
             if generation in keep:
                 with contextlib.suppress(CheckpointCorruptError, CheckpointFormatError):
-                    referenced.update(name for name, _ in manifest_blobs(_unseal(path)))
+                    referenced.update(name for name, _ in manifest_blobs(_unseal(path, verify=False)))
             elif generation < newest:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
