@@ -1,0 +1,113 @@
+"""Shared by the benchmarks: interleaved repeated timing, ratio tables, JSON artifacts.
+
+Timings on a shared machine are noisy, so every figure is a ratio against a baseline measured in the
+same run: the contenders of one case run round-robin (baseline, a, b, baseline, a, b, ...) and each
+one's median is divided by the baseline's median.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "ci-artifacts" / "bench"
+GIB = 1 << 30
+MIB = 1 << 20
+
+
+def measure(
+    contenders: dict[str, Callable[[], Any]], rounds: int, after: Callable[[str, Any], None] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Run each contender ``rounds`` times, interleaved; wall and CPU medians; errors recorded.
+
+    ``after(name, result)`` runs outside the timed part (to delete files, free memory).
+    """
+    walls: dict[str, list[float]] = {name: [] for name in contenders}
+    cpus: dict[str, list[float]] = {name: [] for name in contenders}
+    errors: dict[str, str] = {}
+    for _ in range(rounds):
+        for name, run in contenders.items():
+            if name in errors:
+                continue
+            gc.collect()
+            wall, cpu = time.perf_counter(), time.process_time()
+            try:
+                result = run()
+            except Exception as exc:  # a contender that cannot do this case: reported, not fatal
+                errors[name] = f"{type(exc).__name__}: {str(exc)[:120]}"
+                continue
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            walls[name].append(wall)
+            cpus[name].append(cpu)
+            if after is not None:
+                after(name, result)
+            del result
+    out: dict[str, dict[str, Any]] = {}
+    for name in contenders:
+        if name in errors:
+            out[name] = {"error": errors[name]}
+        else:
+            out[name] = {
+                "wall_s": statistics.median(walls[name]),
+                "cpu_s": statistics.median(cpus[name]),
+                "wall_all_s": walls[name],
+            }
+    return out
+
+
+def ratios(results: dict[str, dict[str, Any]], baseline: str, key: str = "wall_s") -> None:
+    base = results.get(baseline, {}).get(key)
+    for row in results.values():
+        if base and key in row:
+            row[f"ratio_{key[:-2]}"] = row[key] / base
+
+
+def print_table(title: str, results: dict[str, dict[str, Any]], baseline: str, extra: str = "") -> None:
+    print(f"\n{title}  (baseline: {baseline}){'  ' + extra if extra else ''}")
+    print(f"  {'contender':<34} {'wall':>10} {'ratio':>7} {'cpu':>10} {'ratio':>7}  note")
+    for name, row in results.items():
+        if "error" in row:
+            print(f"  {name:<34} {'-':>10} {'-':>7} {'-':>10} {'-':>7}  {row['error']}")
+            continue
+        note = row.get("note", "")
+        print(
+            f"  {name:<34} {row['wall_s'] * 1e3:>8.1f}ms {row.get('ratio_wall', float('nan')):>7.3f}"
+            f" {row['cpu_s'] * 1e3:>8.1f}ms {row.get('ratio_cpu', float('nan')):>7.3f}  {note}"
+        )
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def write_json(name: str, payload: dict[str, Any]) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=str))
+    print(f"\nwrote {path.relative_to(REPO)}")
+    return path
+
+
+def versions(*modules: str) -> dict[str, str]:
+    found = {}
+    for module in modules:
+        try:
+            found[module] = __import__(module).__version__
+        except Exception:
+            found[module] = "not installed"
+    return found
