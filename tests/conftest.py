@@ -6,3 +6,5 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kernels import kernel, kernel_factory  # noqa: F401  (pytest fixtures)
+
+pytest_plugins = ["torture_report"]  # prints the torture test's figures at the end of the run
