@@ -53,6 +53,8 @@ __all__ = [
     "__version__",
     "load",
     "load_ipython_extension",
+    "resumable_map",
+    "resumable_sweep",
     "unload_ipython_extension",
 ]
 
@@ -63,6 +65,10 @@ def __getattr__(name: str) -> Any:
         from . import run
 
         return getattr(run, name)
+    if name in ("resumable_map", "resumable_sweep"):  # Dask itself is imported only when a map runs
+        from . import shards
+
+        return getattr(shards, name)
     raise AttributeError(f"module 'resumable_magic' has no attribute {name!r}")
 
 
