@@ -37,8 +37,20 @@ def _render(exc: BaseException) -> list[str]:
     return [f"\x1b[0;31m{type(exc).__name__}\x1b[0m: {exc}"]
 
 
+def _rebuild(cls: type[BaseException], message: str, attributes: dict[str, object]) -> BaseException:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(attributes)
+    return error
+
+
 class ResumableError(Exception):
     """Base class of every error this library raises on purpose."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Errors cross process boundaries (Dask workers, a forked writer): rebuild them from their
+        # message and attributes, whatever their constructor takes.
+        return (_rebuild, (type(self), str(self), dict(self.__dict__)))
 
     def _render_traceback_(self) -> list[str]:
         return _render(self)
@@ -211,7 +223,9 @@ class UntrustedCheckpointError(CheckpointCorruptError):
     trusted checkpoint is used; a listing reports it), but with its own message.
     """
 
-    def __init__(self, path: Path | str, reason: str, remedy: str = "", what: str = "checkpoint file") -> None:
+    def __init__(
+        self, path: Path | str, reason: str, remedy: str = "", what: str = "checkpoint file"
+    ) -> None:
         self.path, self.reason, self.remedy = Path(path), reason, remedy
         ResumableError.__init__(
             self,

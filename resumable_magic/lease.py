@@ -27,9 +27,11 @@ import contextlib
 import json
 import os
 import socket
+import stat
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -56,6 +58,9 @@ LEASE_FILE = "owner.json"
 LOCK_FILE = "owner.lock"
 DEFAULT_TIMEOUT = 120.0  # seconds without a heartbeat before an owner counts as gone
 HEARTBEAT_SECONDS = 0.25  # ~100 us of work each: fresh enough to say how much work a crash lost
+# The live leases of this process, by run folder: a second run object of the same process (another
+# thread) is refused like another process; an abandoned one (garbage-collected) is taken over.
+_HELD: weakref.WeakValueDictionary[str, Lease] = weakref.WeakValueDictionary()
 LOCK_WAIT = 30.0  # the mutex is held for microseconds; only a process stopped inside it holds it longer
 
 
@@ -99,6 +104,13 @@ def process_start_time(pid: int) -> float | None:
 
 def owner_state(record: dict[str, Any], now: float | None = None) -> str:
     """``"released"``, ``"live"``, ``"gone"`` (process dead on this host) or ``"stale"`` (no heartbeat)."""
+    try:
+        return _owner_state(record, now)
+    except (OverflowError, TypeError, ValueError):  # numbers no live process wrote
+        return "stale"
+
+
+def _owner_state(record: dict[str, Any], now: float | None) -> str:
     if record.get("released"):
         return "released"
     now = time.time() if now is None else now
@@ -131,7 +143,7 @@ def describe_owner(record: dict[str, Any], now: float | None = None) -> str:
     now = time.time() if now is None else now
     try:
         ago = f"{max(0.0, now - float(record['heartbeat'])):.0f} s ago"
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         ago = "never"
     return (
         f"pid {record.get('pid')} on host {record.get('host')} (process started "
@@ -141,9 +153,13 @@ def describe_owner(record: dict[str, Any], now: float | None = None) -> str:
 
 def read_lease(run_path: Path) -> dict[str, Any] | None:
     """The lease record of the run at ``run_path``, or None (no lease, or unreadable)."""
-    try:
-        record = json.loads((run_path / LEASE_FILE).read_bytes())
-    except (OSError, ValueError):
+    try:  # O_NONBLOCK: a FIFO planted as owner.json must not hang a listing
+        fd = os.open(run_path / LEASE_FILE, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return None
+            record = json.loads(f.read())
+    except (OSError, ValueError, RecursionError):
         return None
     return record if isinstance(record, dict) else None
 
@@ -197,6 +213,14 @@ class Lease:
                 same_process = (
                     current.get("host") == socket.gethostname() and current.get("pid") == os.getpid()
                 )
+                holder = _HELD.get(str(self.path))
+                if (
+                    same_process
+                    and holder is not None
+                    and holder.held
+                    and holder.token == current.get("token")
+                ):
+                    same_process = False  # another live run object of this process (a thread) holds it
                 if state == "live" and not same_process:
                     raise RunOwnedError(
                         self.key, describe_owner(current, now), float(current.get("timeout") or 0)
@@ -223,6 +247,7 @@ class Lease:
             }
             self._write()
             self.held = True
+            _HELD[str(self.path)] = self
         return note
 
     def start_heartbeat(self, position: Callable[[], int], on_lost: Callable[[], None]) -> None:

@@ -29,6 +29,7 @@ from . import iteration, messages, rng
 from .checkpointing import RNG_KEY as _RNG_KEY
 from .checkpointing import SNAPSHOT_WAIT, Checkpointing
 from .errors import (
+    CheckpointFormatError,
     CheckpointWriteError,
     InputsChangedError,
     IterationMismatchError,
@@ -36,6 +37,7 @@ from .errors import (
     OwnershipLostError,
     ResumableError,
     RunInterrupted,
+    UntrustedCheckpointError,
     ValuesDroppedError,
 )
 from .fingerprint import fingerprint_inputs, fingerprint_item
@@ -49,7 +51,7 @@ from .progress import (
 )
 from .serialize import loads_state
 from .snapshot import Snapshot
-from .store import Checkpoint, RunStore
+from .store import Checkpoint, ReadResult, RunStore
 from .wakeup import TICK_SECONDS, Wakeup
 
 __all__ = ["Resumable", "default_directory", "load", "variables_of"]
@@ -223,9 +225,12 @@ class Resumable(Checkpointing):
 
     def _open(self) -> None:
         self.store.clean_temporaries()
-        result = self.store.read_latest()
-        from .errors import UntrustedCheckpointError
-
+        try:
+            result = self.store.read_latest()
+        except CheckpointFormatError:
+            if not self.fresh:
+                raise
+            result = ReadResult(None, [])  # --fresh: another version's checkpoint is not read at all
         untrusted = [p for p in result.problems if isinstance(p, UntrustedCheckpointError)]
         if untrusted and result.checkpoint is None and not self.fresh:
             # Not "start over": that would delete what a lost key makes unreadable. Name the newest

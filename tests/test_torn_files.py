@@ -390,3 +390,27 @@ def test_a_well_sealed_checkpoint_with_an_unloadable_state_is_a_clear_error(tmp_
     reseal(manifest, state={**record["state"], "digest": name})
     with pytest.raises(ResumableError, match="verified but could not be loaded"):
         run_loop(ckpt)
+
+
+def test_fresh_starts_over_past_a_checkpoint_of_another_format_version(tmp_path):
+    import json
+
+    from resumable_magic import Resumable
+    from resumable_magic.errors import CheckpointFormatError
+    from resumable_magic.store import _sealed
+
+    state = {"total": 0}
+    with Resumable("v", state, dir=tmp_path) as run:
+        for i in run.iterate(range(5)):
+            state["total"] += i
+    for path in (tmp_path / "v").glob("manifest.*.json"):
+        record = json.loads(path.read_bytes())
+        record.pop("checksum"), record.pop("signature")
+        path.write_bytes(_sealed({**record, "format": 99}))
+    with pytest.raises(CheckpointFormatError):
+        Resumable("v", {"total": 0}, dir=tmp_path).open()
+    fresh = {"total": 0}
+    with Resumable("v", fresh, dir=tmp_path, fresh=True) as run:
+        for i in run.iterate(range(7)):
+            fresh["total"] += i
+    assert fresh["total"] == 21
