@@ -18,7 +18,7 @@ from .errors import CheckpointWriteError, NotSerializableError, OwnershipLostErr
 from .fingerprint import fingerprint_item
 from .iteration import MISSING as _MISSING
 from .progress import CheckpointStats, format_duration, format_size
-from .serialize import dumps_state
+from .serialize import encode_state
 from .snapshot import FORK_MIN_BYTES, Snapshot, fork_refusal
 from .store import crash_point, digest
 
@@ -125,20 +125,27 @@ class Checkpointing:
             crash_point("background")
             self.store.fence = self.lease.in_child().fenced
         try:
-            data = dumps_state(state)
+            encoded = encode_state(state)
         except NotSerializableError:
             if not final or not self.final_names:
                 raise
-            data = dumps_state({n: v for n, v in state.items() if n not in self.final_names})
+            encoded = encode_state({n: v for n, v in state.items() if n not in self.final_names})
             manifest["names"] = [n for n in manifest["names"] if n not in self.final_names]
         crash_point("serialized")
-        blob, written = self.store.put_blob(data)
-        manifest["state"] = {"digest": blob, "size": len(data)}
+        # The stream, then each large buffer as its own content-addressed blob, written straight
+        # from the objects' memory: an unchanged array keeps its digest and is not written again.
+        blob, written = self.store.put_blob(encoded.stream)
+        manifest["state"] = {"digest": blob, "size": len(encoded.stream)}
+        manifest["buffers"] = []
+        for buffer in encoded.buffers:
+            name, count = self.store.put_blob(buffer)
+            manifest["buffers"].append({"digest": name, "size": buffer.nbytes})
+            written += count
         generation = self.store.commit(manifest, keep=self._last_generation)
         return {
             "generation": generation,
             "written": written,
-            "size": len(data),
+            "size": encoded.nbytes,
             "created": manifest["created"],
         }
 

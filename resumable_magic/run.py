@@ -49,7 +49,7 @@ from .progress import (
     StartInfo,
     TextProgress,
 )
-from .serialize import loads_state
+from .serialize import decode_state
 from .snapshot import Snapshot
 from .store import Checkpoint, ReadResult, RunStore
 from .wakeup import TICK_SECONDS, Wakeup
@@ -307,7 +307,7 @@ class Resumable(Checkpointing):
             self._take_checkpoint(_MISSING, first=True)
             return
         try:
-            payload = loads_state(checkpoint.state)
+            payload = decode_state(checkpoint.state, checkpoint.buffers)
         except Exception as exc:
             raise ResumableError(
                 f"The checkpoint of {self.key!r} (generation {checkpoint.generation}, iteration "
@@ -496,7 +496,7 @@ def _quote(names: Iterable[str]) -> str:
 
 def variables_of(checkpoint: Checkpoint) -> dict[str, Any]:
     """The named variables a verified checkpoint holds (its RNG states left out)."""
-    payload = loads_state(checkpoint.state)
+    payload = decode_state(checkpoint.state, checkpoint.buffers)
     payload.pop(_RNG_KEY, None)
     return payload
 

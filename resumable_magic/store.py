@@ -322,6 +322,7 @@ class Checkpoint:
     generation: int
     manifest: dict[str, Any]
     state: bytes = field(repr=False, default=b"")
+    buffers: tuple[bytes, ...] = field(repr=False, default=())  # out-of-band buffers, in order
 
     @property
     def position(self) -> int:
@@ -365,19 +366,22 @@ class RunStore:
         for path in (self.directory, *_folders_down(self.directory, self.path), self.objects):
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
 
-    def put_blob(self, data: bytes) -> tuple[str, int]:
+    def put_blob(self, data: bytes | memoryview) -> tuple[str, int]:
         """Store ``data`` under its digest; return (digest, bytes written: 0 when it was already there)."""
         name = digest(data)
         _remember_sha256(name, data)  # for the signed manifest that will name it
         target = self.objects / name
         if target.exists():
             try:
-                if target.stat().st_size == len(data) and digest(target.read_bytes()) == name:
+                if (
+                    target.stat().st_size == len(memoryview(data).cast("B"))
+                    and digest(target.read_bytes()) == name
+                ):
                     return name, 0
             except OSError:
                 pass
         _write_atomic(target, data, steps=("blob-written", "blob-synced"))
-        return name, len(data)
+        return name, memoryview(data).nbytes
 
     def commit(self, manifest: dict[str, Any], keep: int | None = None) -> int:
         """Write the manifest as the next generation, durably; then drop all but it and ``keep``.
@@ -477,11 +481,13 @@ class RunStore:
                 if not load_state:
                     self._check_blobs(manifest)
                     return ReadResult(Checkpoint(generation, manifest), problems)
-                state = _read_signed_blob(self, manifest, manifest["state"]["digest"])
+                names = [name for name, _ in manifest_blobs(manifest)]
+                state = _read_signed_blob(self, manifest, names[0])
+                buffers = tuple(_read_signed_blob(self, manifest, name) for name in names[1:])
             except CheckpointCorruptError as exc:
                 problems.append(exc)
                 continue
-            return ReadResult(Checkpoint(generation, manifest, state), problems)
+            return ReadResult(Checkpoint(generation, manifest, state, buffers), problems)
         return ReadResult(None, problems)
 
     def read_blob(self, name: str) -> bytes:
@@ -616,11 +622,14 @@ class RunStore:
 
 
 def manifest_blobs(manifest: dict[str, Any]) -> list[tuple[str, int | None]]:
-    """(digest, size) of every blob a manifest names; a malformed entry is corruption."""
+    """(digest, size) of every blob a manifest names: the state stream first, then its out-of-band
+    buffers in order; a malformed entry is corruption."""
     try:
-        state = manifest["state"]
-        size = state.get("size")
-        return [(str(state["digest"]), size if isinstance(size, int) else None)]
+        entries = [manifest["state"], *manifest.get("buffers", ())]
+        return [
+            (str(entry["digest"]), entry.get("size") if isinstance(entry.get("size"), int) else None)
+            for entry in entries
+        ]
     except (KeyError, TypeError, AttributeError):
         raise CheckpointCorruptError(
             f"manifest generation {manifest.get('generation')}", "it names no state blob"

@@ -152,8 +152,12 @@ def test_notebook_code_by_value_in_a_fresh_process():
     assert " ".join(out[15:]) == "Trial(seed=3, tags=['a'])"
 
 
-def test_restored_function_uses_the_live_globals_of_main():
+def test_restored_function_uses_the_live_globals_of_main(monkeypatch):
     import __main__
+
+    # No shell: __main__ is the notebook (with an in-process shell running, its user namespace is;
+    # that case is the next test's).
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: None))
 
     source = "def _rm_test_uses_global(x):\n    return x * _RM_TEST_FACTOR\n"
     exec(compile(source, "<notebook>", "exec"), __main__.__dict__)
