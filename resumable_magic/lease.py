@@ -14,7 +14,9 @@ exists on this host (or belongs to a newer process), or its heartbeat is older t
 Every read-modify-write of ``owner.json`` and every commit of the run's files happens under a short
 ``filelock`` mutex (``owner.lock``) and after checking that the lease still holds this process's
 token (:meth:`Lease.fenced`): an owner that was taken over, or a writer it left behind, can never
-commit again. The mutex is held for microseconds; waiting for it is bounded by :data:`LOCK_WAIT`.
+commit again. The mutex is held for microseconds; waiting for it is bounded by :data:`LOCK_WAIT`. It is
+never broken: a holder stopped inside it may be in the middle of a commit, and breaking the lock would
+let that commit land after a takeover; the others wait, then report the stopped holder.
 
 A thread holds the GIL between bytecodes only; a single C call that keeps the GIL for longer than
 the lease timeout (default :data:`DEFAULT_TIMEOUT`, ``$RESUMABLE_LEASE_TIMEOUT``) stalls the

@@ -4,7 +4,9 @@ different parameters side by side in one folder. Kernels are driven through jupy
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -74,13 +76,45 @@ def test_a_second_kernel_is_refused_then_takes_over_when_the_owner_is_killed(ker
     assert iterations_run(tmp_path, b.pid) < N  # resumed, not started over
 
 
+def all_threads_stopped(pid: int) -> bool:
+    states = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        stat = (task / "stat").read_text()
+        states.append(stat[stat.rindex(")") + 2])
+    return all(state == "T" for state in states)
+
+
+def stop_outside_the_lock(kernel, run_dir: Path) -> None:
+    """SIGSTOP ``kernel`` at a moment it does not hold the run's mutex.
+
+    The heartbeat takes the mutex 4 times a second for ~100 us; a process stopped inside it blocks
+    everyone until it continues (documented: the lease section of the README). This test is about a
+    stopped owner, not a stopped lock holder, so it checks the lock with the same ``flock`` filelock
+    uses and lets the kernel continue and stops it again if the signal landed inside.
+    """
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        while True:
+            kernel.send_signal(signal.SIGSTOP)
+            kernel.wait_for(lambda: all_threads_stopped(kernel.pid))  # kill() only queues the stop
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                kernel.send_signal(signal.SIGCONT)
+                continue
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return
+    finally:
+        os.close(fd)
+
+
 def test_a_stopped_owner_is_taken_over_and_cannot_commit_when_it_continues(kernel_factory, tmp_path):
     a, b = start_two(kernel_factory, env_a={"RESUMABLE_LEASE_TIMEOUT": "2"})
     run_dir = tmp_path / "ck" / "shared"
     cell = CELL.format(ck=tmp_path / "ck", n=N, pause=0.005, quiet="--quiet")
     stopped = a.execute_async(cell)
     a.wait_for(lambda: iterations_run(tmp_path, a.pid) >= 20)
-    a.send_signal(signal.SIGSTOP)
+    stop_outside_the_lock(a, run_dir)
     try:
         b.wait_for(lambda: owner_state(read_lease(run_dir)) == "stale", timeout=30)
         taken = b.run(cell)
