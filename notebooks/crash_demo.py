@@ -53,7 +53,9 @@ def cell_text(cell: nbformat.NotebookNode) -> str:
 def client_for(nb: nbformat.NotebookNode, workdir: Path) -> NotebookClient:
     # ipc transport: no TCP ports, no "running over TCP without encryption" warning.
     # The socket path must stay under ~107 bytes: a short temp dir, not the work dir.
-    km = KernelManager(kernel_name="python3", transport="ipc", ip=str(Path(tempfile.mkdtemp(prefix="rd-")) / "k"))
+    km = KernelManager(
+        kernel_name="python3", transport="ipc", ip=str(Path(tempfile.mkdtemp(prefix="rd-")) / "k")
+    )
     return NotebookClient(nb, km=km, timeout=600, resources={"metadata": {"path": str(workdir)}})
 
 

@@ -71,7 +71,9 @@ def history_lines(manifest: dict[str, Any], info: Any) -> list[str]:
         where = f"pid {event.get('pid')} on {event.get('host')}"
         text = f"{when(event.get('time'))}  {event.get('event')}  ({where})"
         if event.get("event") == "resumed":
-            text += f" from iteration {event.get('from', 0):,} after the previous attempt {event.get('after')}"
+            text += (
+                f" from iteration {event.get('from', 0):,} after the previous attempt {event.get('after')}"
+            )
             if event.get("redone"):
                 text += f", redoing {event['redone']:,} iterations (~{event.get('redone_seconds', 0):.0f} s)"
         elif event.get("event") == "finished":

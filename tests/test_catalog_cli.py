@@ -249,6 +249,7 @@ def test_gc_removes_stale_temporaries_and_old_generations_never_a_running_run(ru
     sizes = {r.key: r.size for r in list_runs(copy)}
     two_generations = [r.key for r in list_runs(copy) if len(list(r.path.glob("manifest.*"))) == 2]
     assert "sweep/lr=0.1" in two_generations and "live" in two_generations
+
     def files() -> dict[Path, bytes]:  # (gc takes each run's lease: its lock file may appear)
         return {p: p.read_bytes() for p in copy.rglob("*") if p.is_file() and p.name != "owner.lock"}
 

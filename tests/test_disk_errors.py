@@ -93,7 +93,10 @@ def test_a_filling_disk_warns_first_then_fails_checkpoints_and_keeps_the_last_go
     )
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
-    warned, failed = out.find("the next checkpoints may fail for lack of space"), out.find("could not be written")
+    warned, failed = (
+        out.find("the next checkpoints may fail for lack of space"),
+        out.find("could not be written"),
+    )
     assert 0 <= warned < failed, out  # the warning comes before the first failed checkpoint
     assert out.count("the next checkpoints may fail") == 1
     assert "iteration 39" in out  # the loop went on past the failures

@@ -115,7 +115,7 @@ def test_background_checkpoints_are_consistent_snapshots(worker, tmp_path):
 def test_a_snapshot_taken_mid_run_holds_exactly_its_iterations(worker, tmp_path):
     proc = worker(n=100_000)
     store = RunStore(tmp_path / "ck", "big")
-    wait_until(lambda: (store.read_latest(load_state=False).checkpoint or None), proc, "a checkpoint")
+    wait_until(lambda: store.read_latest(load_state=False).checkpoint or None, proc, "a checkpoint")
     first = store.read_latest(load_state=False).checkpoint.generation
     wait_until(
         lambda: store.read_latest(load_state=False).checkpoint.generation >= first + 2, proc, "two more"
