@@ -27,6 +27,7 @@ from typing import Any
 
 from .errors import ResumableError
 from .lease import owner_state, read_lease
+from .storage import RemotePath, Where, location
 from .store import MANIFEST_RE, Checkpoint, RunStore
 
 __all__ = ["STATES", "RunInfo", "find_run", "list_runs"]
@@ -39,7 +40,7 @@ class RunInfo:
     """One run as found on disk (no state bytes are kept)."""
 
     key: str
-    path: Path
+    path: Where  # a local folder, or a storage.RemotePath (its str() is the URL)
     state: str
     position: int | None = None
     total: int | None = None
@@ -77,18 +78,30 @@ class RunInfo:
         return record
 
 
-def list_runs(directory: str | os.PathLike[str]) -> list[RunInfo]:
-    """Every run under ``directory``, most recently active first; ``[]`` when there is none."""
-    root = Path(directory)
-    runs = [_inspect(root, path) for path in _run_dirs(root)]
+def list_runs(directory: str | os.PathLike[str] | RemotePath) -> list[RunInfo]:
+    """Every run under ``directory`` (a folder or an fsspec URL), most recently active first; ``[]``
+    when there is none."""
+    root = location(directory)
+    if isinstance(root, RemotePath):  # one recursive listing gives the runs and their sizes
+        from .objectstore import run_folders
+
+        runs = [_inspect(root, path, size) for path, size in run_folders(root).items()]
+    else:
+        runs = [_inspect(root, path) for path in _run_dirs(root)]
     runs.sort(key=lambda r: r.updated or 0.0, reverse=True)
     return runs
 
 
-def find_run(directory: str | os.PathLike[str], key: str) -> RunInfo | None:
+def find_run(directory: str | os.PathLike[str] | RemotePath, key: str) -> RunInfo | None:
     """The run stored under ``key`` (a key as given to the magic), or None when there is none."""
-    root = Path(directory)
+    root = location(directory)
     store = RunStore(root, key)  # validates the key (OptionError) and maps it to its folder
+    if isinstance(root, RemotePath):
+        names = store.backend.list("")
+        if not any(MANIFEST_RE.match(n) or n == "DONE" for n in names):
+            return None
+        size = sum(_remote_size(store, n) for n in store._files())
+        return _inspect(root, store.path, size)
     if not _is_run_dir(store.path):
         return None
     return _inspect(root, store.path)
@@ -170,17 +183,24 @@ def _wall_time(value: Any) -> float | None:
     return float(value) if type(value) in (int, float) and 0 <= value < 1e11 else None
 
 
-def _key_of(root: Path, run_dir: Path, manifest: dict[str, Any]) -> str:
+def _remote_size(store: RunStore, name: str) -> int:
+    try:
+        return store.backend.size(name)
+    except (OSError, KeyError, ValueError):
+        return 0
+
+
+def _key_of(root: Where, run_dir: Where, manifest: dict[str, Any]) -> str:
     key = manifest.get("key")
     if isinstance(key, str) and key:
         return key
     try:
-        return run_dir.relative_to(root).as_posix()
+        return run_dir.relative_to(root).as_posix()  # type: ignore[arg-type]
     except ValueError:
         return run_dir.name
 
 
-def _inspect(root: Path, run_dir: Path) -> RunInfo:
+def _inspect(root: Where, run_dir: Where, size: int | None = None) -> RunInfo:
     store = RunStore.at(run_dir, run_dir.name)
     checkpoint, problems = _newest(store)
     manifest = checkpoint.manifest if checkpoint else {}
@@ -194,7 +214,7 @@ def _inspect(root: Path, run_dir: Path) -> RunInfo:
         )
         total = manifest.get("total")
         info.total = int(total) if isinstance(total, int) else None
-    info.size = _size(run_dir)
+    info.size = _size(run_dir) if size is None else size  # type: ignore[arg-type]
     info.owner = _read_owner(run_dir)
     info.outcome = store.read_outcome()
 

@@ -8,7 +8,6 @@ checkpoint is one job and running a loop is another.
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from typing import Any
@@ -20,7 +19,8 @@ from .iteration import MISSING as _MISSING
 from .progress import CheckpointStats, format_duration, format_size
 from .serialize import encode_state
 from .snapshot import FORK_MIN_BYTES, Snapshot, fork_refusal
-from .store import crash_point, digest
+from .storage import crash_point
+from .store import digest
 
 RNG_KEY = "__resumable_rng__"
 SNAPSHOT_WAIT = 600.0  # seconds to wait for a background writer before killing it
@@ -54,7 +54,7 @@ class Checkpointing:
         with self.store.fence():  # a writer that lost the run stops before writing anything
             pass
         state, manifest = self._capture(item, final)
-        refusal = "synchronous checkpoint" if sync else fork_refusal(self._last_size)
+        refusal = "synchronous checkpoint" if sync else fork_refusal(self._last_size, self.store.local)
         self.progress.checkpoint_started(position)
         if refusal is None:
             self._snapshot = Snapshot.start(lambda: self._write(state, manifest, final, child=True), position)
@@ -214,9 +214,8 @@ class Checkpointing:
         if self.max_size is not None and size > self.max_size and "limit" not in self._size_warned:
             self._size_warned.add("limit")
             self._warn(messages.size_limit_text(position, size, self.max_size))
-        try:
-            free = shutil.disk_usage(self.store.path).free
-        except OSError:
+        free = self.store.backend.free_space()
+        if free is None:  # an object store
             return
         if free < 2 * size and "disk" not in self._size_warned:
             self._size_warned.add("disk")

@@ -87,15 +87,23 @@ def history_lines(manifest: dict[str, Any], info: Any) -> list[str]:
     return lines or ["(not recorded)"]
 
 
-def _directory(args: argparse.Namespace) -> Path:
+def _directory(args: argparse.Namespace) -> Any:
+    """The checkpoint folder: a local :class:`~pathlib.Path` or a ``storage.RemotePath`` (a URL)."""
+    from .storage import location
+
     if args.dir is not None:
-        return Path(args.dir)
+        return location(args.dir)
     from .run import default_directory
 
-    return default_directory()
+    return location(default_directory())
 
 
-def _find(directory: Path, key: str) -> Any:
+def _is_folder(directory: Any) -> bool:
+    """A local folder that exists; a URL always counts (an empty prefix simply holds no runs)."""
+    return not isinstance(directory, Path) or directory.is_dir()
+
+
+def _find(directory: Any, key: str) -> Any:
     from .catalog import find_run
 
     info = find_run(directory, key)
@@ -111,7 +119,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .catalog import list_runs
 
     directory = _directory(args)
-    if not directory.is_dir():
+    if not _is_folder(directory):
         raise _Failure(f"no checkpoint folder {str(directory)!r}")
     runs = list_runs(directory)
     if args.json:
@@ -179,11 +187,27 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _remove_run_files(path: Path) -> None:
+def _remove_run_files(path: Any) -> None:
     """Delete one run's own files (nested runs below it stay), then its folder if it is empty."""
     import shutil
 
-    from .store import MANIFEST_RE, TMP_PREFIX
+    from .store import MANIFEST_RE, TMP_PREFIX, RunStore
+
+    if not isinstance(path, Path):  # on object storage: delete its objects, one by one
+        store = RunStore.at(path, path.name)
+        for name in store._files():
+            if (
+                name.startswith("objects/")
+                or MANIFEST_RE.match(name)
+                or name
+                in (
+                    "DONE",
+                    "outcome.json",
+                    "owner.json",
+                )
+            ):
+                store.backend.delete(name)
+        return
 
     if (path / "objects").exists():
         shutil.rmtree(path / "objects")
@@ -213,7 +237,12 @@ def cmd_rm(args: argparse.Namespace) -> int:
                 )
             _remove_run_files(info.path)
             parent = info.path.parent
-            while parent != directory and parent.is_dir() and not os.listdir(parent):
+            while (
+                isinstance(parent, Path)
+                and parent != directory
+                and parent.is_dir()
+                and not os.listdir(parent)
+            ):
                 parent.rmdir()  # the empty folders of a nested key
                 parent = parent.parent
             print(f"removed {key} ({format_size(info.size)})")
@@ -226,11 +255,11 @@ def cmd_rm(args: argparse.Namespace) -> int:
 def cmd_gc(args: argparse.Namespace) -> int:
     from .catalog import list_runs
     from .errors import RunOwnedError
-    from .lease import Lease
+    from .lease import make_lease
     from .store import RunStore
 
     directory = _directory(args)
-    if not directory.is_dir():
+    if not _is_folder(directory):
         raise _Failure(f"no checkpoint folder {str(directory)!r}")
     runs = list_runs(directory)
     total = sum(r.size for r in runs)
@@ -238,7 +267,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     verb = "would free" if args.dry_run else "freed"
     for run in runs:
         store = RunStore.at(run.path, run.key)
-        lease = Lease(run.path, run.key)
+        lease = make_lease(run.path, run.key)
         try:
             lease.acquire()  # a run being executed is never touched
         except RunOwnedError:
@@ -265,7 +294,18 @@ def cmd_trust(args: argparse.Namespace) -> int:
 
     status = 0
     for given in args.paths:
-        top = Path(given)
+        from .storage import is_url
+
+        if is_url(given) and not given.lower().startswith("file://"):
+            print(
+                f"resumable trust: {given!r} is on object storage, where there are no file owners to "
+                f"fix and checkpoints are trusted by their signature alone: set $RESUMABLE_SIGNING_KEY "
+                f"or $RESUMABLE_SIGNING_KEY_FILE to the key that wrote them",
+                file=sys.stderr,
+            )
+            status = 1
+            continue
+        top = Path(given[len("file://") :] if given.lower().startswith("file://") else given)
         runs = find_runs(top) if top.is_dir() else []
         if not runs:
             what = "no checkpoints in" if top.is_dir() else "no folder"
@@ -298,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--dir", default=None, help="checkpoint folder (default: $RESUMABLE_DIR, else .resumable)"
+        "--dir",
+        default=None,
+        help="checkpoint folder or fsspec URL, e.g. s3://bucket/prefix (default: $RESUMABLE_DIR, else .resumable)",
     )
 
     p = sub.add_parser("status", parents=[common], help="a table of every run and its state")

@@ -32,6 +32,14 @@ __all__ = [
 ]
 
 
+def _path(path: object) -> Path:
+    """A local path as a :class:`~pathlib.Path`; a location on object storage (``s3://...``, a
+    ``storage.RemotePath``) is kept as it is, so that its URL survives."""
+    if isinstance(path, (str, Path)) and "://" not in str(path):
+        return Path(path)
+    return path  # type: ignore[return-value]
+
+
 def _render(exc: BaseException) -> list[str]:
     # Red name, then the message: the look of an IPython error line, without the traceback.
     return [f"\x1b[0;31m{type(exc).__name__}\x1b[0m: {exc}"]
@@ -93,7 +101,7 @@ class CheckpointCorruptError(ResumableError):
     """A checkpoint file failed its checksum or could not be parsed."""
 
     def __init__(self, path: Path | str, reason: str) -> None:
-        self.path, self.reason = Path(path), reason
+        self.path, self.reason = _path(path), reason
         super().__init__(f"Checkpoint file {str(path)!r} is damaged: {reason}.")
 
 
@@ -101,7 +109,7 @@ class CheckpointWriteError(ResumableError, OSError):
     """A checkpoint the run cannot go on without (the first, the final) could not be written."""
 
     def __init__(self, path: Path | str, what: str, cause: OSError, kept: str) -> None:
-        self.path, self.cause = Path(path), cause
+        self.path, self.cause = _path(path), cause
         super().__init__(
             f"Cannot write the {what} to {str(path)!r}: {cause.strerror or cause}. Free space or choose "
             f"another --dir, then run the cell again; {kept}. The variables in the notebook are as the "
@@ -113,7 +121,7 @@ class CheckpointFormatError(ResumableError):
     """A checkpoint was written by an incompatible version of the on-disk format."""
 
     def __init__(self, path: Path | str, found: object, supported: int) -> None:
-        self.path, self.found, self.supported = Path(path), found, supported
+        self.path, self.found, self.supported = _path(path), found, supported
         super().__init__(
             f"Checkpoint {str(path)!r} uses format version {found!r}; this resumable_magic reads "
             f"version {supported}. Open it with the version that wrote it, or start over with --fresh."
@@ -226,7 +234,7 @@ class UntrustedCheckpointError(CheckpointCorruptError):
     def __init__(
         self, path: Path | str, reason: str, remedy: str = "", what: str = "checkpoint file"
     ) -> None:
-        self.path, self.reason, self.remedy = Path(path), reason, remedy
+        self.path, self.reason, self.remedy = _path(path), reason, remedy
         ResumableError.__init__(
             self,
             f"Refusing to load {what} {str(path)!r}: {reason}. Loading a checkpoint runs code from it, "

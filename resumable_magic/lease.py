@@ -37,12 +37,16 @@ import weakref
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
 from .errors import OwnershipLostError, ResumableError, RunOwnedError
+from .storage import RemotePath
 from .store import TMP_PREFIX, pid_alive
+
+if TYPE_CHECKING:
+    from .storage import Where
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -51,6 +55,7 @@ __all__ = [
     "Lease",
     "describe_owner",
     "lease_timeout",
+    "make_lease",
     "owner_state",
     "process_start_time",
     "read_lease",
@@ -153,8 +158,12 @@ def describe_owner(record: dict[str, Any], now: float | None = None) -> str:
     )
 
 
-def read_lease(run_path: Path) -> dict[str, Any] | None:
+def read_lease(run_path: Where) -> dict[str, Any] | None:
     """The lease record of the run at ``run_path``, or None (no lease, or unreadable)."""
+    if not isinstance(run_path, Path):  # a run on object storage (storage.RemotePath)
+        from .objectstore import read_lease as read_remote_lease
+
+        return read_remote_lease(run_path)
     try:  # O_NONBLOCK: a FIFO planted as owner.json must not hang a listing
         fd = os.open(run_path / LEASE_FILE, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         with os.fdopen(fd, "rb") as f:
@@ -169,23 +178,43 @@ def read_lease(run_path: Path) -> dict[str, Any] | None:
 # -- the lease -------------------------------------------------------------------------------------
 
 
+def make_lease(run_path: Where, key: str, timeout: float | None = None) -> Lease:
+    """The lease of the run at ``run_path``: :class:`Lease` on disk, an
+    :class:`~resumable_magic.objectstore.ObjectLease` on object storage."""
+    if isinstance(run_path, Path):
+        return Lease(run_path, key, timeout)
+    from .objectstore import ObjectLease
+
+    return ObjectLease(run_path, key, timeout)
+
+
 class Lease:
     """This process's claim on one run. :meth:`acquire`, then :meth:`start_heartbeat`, finally :meth:`release`."""
 
     def __init__(self, run_path: Path, key: str, timeout: float | None = None) -> None:
-        self.path = Path(run_path)
+        self.path: Any = run_path if isinstance(run_path, RemotePath) else Path(run_path)
         self.key = key
         self.timeout = timeout if timeout is not None else lease_timeout()
         self.token = uuid.uuid4().hex
         self.held = False
         self.lost: str | None = None  # description of the process that took the lease over
         self.previous: dict[str, Any] | None = None  # the record found at acquire (a crashed owner's)
-        self._mutex = FileLock(self.path / LOCK_FILE, timeout=LOCK_WAIT, mode=0o600)
+        self._mutex = self._make_mutex()
         self._record: dict[str, Any] = {}
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._position: Callable[[], int] = lambda: 0
         self._on_lost: Callable[[], None] = lambda: None
+
+    def _make_mutex(self) -> Any:
+        return FileLock(self.path / LOCK_FILE, timeout=LOCK_WAIT, mode=0o600)
+
+    def _read_current(self) -> dict[str, Any] | None:
+        return read_lease(self.path)
+
+    def heartbeat_interval(self) -> float:
+        """Seconds between heartbeats."""
+        return min(HEARTBEAT_SECONDS, self.timeout / 5)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -208,7 +237,7 @@ class Lease:
         """
         now = time.time()
         with self._locked():
-            current = read_lease(self.path)
+            current = self._read_current()
             note = None
             if current is not None:
                 state = owner_state(current, now)
@@ -267,7 +296,7 @@ class Lease:
         return twin
 
     def _beat(self) -> None:
-        interval = min(HEARTBEAT_SECONDS, self.timeout / 5)
+        interval = self.heartbeat_interval()
         while not self._stop.wait(interval):
             try:
                 self.renew()
@@ -289,7 +318,7 @@ class Lease:
         if self.lost is not None:
             raise OwnershipLostError(self.key, self.lost)
         with self._locked():
-            current = read_lease(self.path)
+            current = self._read_current()
             if current is None or current.get("token") != self.token:
                 self.held = False
                 self.lost = describe_owner(current) if current else "another process (the lease was removed)"
@@ -314,10 +343,13 @@ class Lease:
             if position is not None:
                 self._record["position"] = position
             if undo and self.previous is None:
-                os.unlink(self.path / LEASE_FILE)
+                self._remove()
             else:
                 self._write(self.previous if undo else self._record)
         self.held = False
+
+    def _remove(self) -> None:
+        os.unlink(self.path / LEASE_FILE)
 
     def _write(self, record: dict[str, Any] | None = None) -> None:
         # Not fsynced: a lease only has to outlive its process, not the machine.

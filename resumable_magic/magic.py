@@ -135,7 +135,7 @@ class ResumableMagics(Magics):
                 header = ""  # run_cell reports the structure error with its full message
             cell_id = self._current_cell_id()
             key = derive_key(names, header, self._notebook_path(), cell_id)
-            if cell_id is None and not RunStore(directory or default_directory(), key).path.exists():
+            if cell_id is None and not RunStore(directory or default_directory(), key).folder_exists():
                 progress.message(
                     "info",
                     f"Checkpoint key {key!r}: this frontend sends no cell id, so the key comes from the "

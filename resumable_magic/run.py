@@ -41,7 +41,7 @@ from .errors import (
     ValuesDroppedError,
 )
 from .fingerprint import fingerprint_inputs, fingerprint_item
-from .lease import Lease
+from .lease import make_lease
 from .policy import CheckpointPolicy, Every, parse_every, parse_size
 from .progress import (
     ProgressModel,
@@ -72,7 +72,8 @@ class Resumable(Checkpointing):
         key: the run's name; its checkpoints live in ``directory/key`` (``/`` makes sub-folders).
         namespace: where the state variables live (a notebook's globals, or a plain dict).
         names: the state variables to checkpoint (default: every key of ``namespace``).
-        dir: the checkpoint folder (default :func:`default_directory`).
+        dir: the checkpoint folder (default :func:`default_directory`): a local folder, or an fsspec
+            URL (``s3://bucket/prefix``, ``memory://``; ``pip install 'resumable_magic[s3]'``).
         every: ``"30s"``, ``"5m"``, ``"2h"`` or ``"500it"``; None for the adaptive policy.
         fresh: ignore existing checkpoints and start over.
         accept_changes: resume (or continue a finished run) even if ``inputs`` changed.
@@ -109,7 +110,7 @@ class Resumable(Checkpointing):
         self.namespace = namespace
         self.names = tuple(names) if names is not None else tuple(namespace)
         self.store = RunStore(dir if dir is not None else default_directory(), key)
-        self.lease = Lease(self.store.path, key)
+        self.lease = make_lease(self.store.path, key)
         self.policy = CheckpointPolicy(parse_every(every))
         self.max_size = parse_size(max_size if max_size is not None else os.environ.get("RESUMABLE_MAX_SIZE"))
         self._size_warned: set[str] = set()

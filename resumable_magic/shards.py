@@ -130,7 +130,7 @@ class _RunSpec:
 @dataclass
 class _Plan:
     key: str
-    directory: Path
+    directory: Any  # a local Path, or a storage.RemotePath
     what: str  # "shard" or "member"
     specs: list[_RunSpec] = field(default_factory=list)
     n_items: int = 0
@@ -168,16 +168,28 @@ def _check_common(func: Callable[..., Any], key: str, every: Any, reduce: Any) -
         raise OptionError("reduce", f"a {type(reduce).__name__}", "pass a function of the results list")
 
 
-def _directory(dir: str | os.PathLike[str] | None) -> Path:
+def _directory(dir: str | os.PathLike[str] | None) -> Any:
     """Absolute, so that workers in other folders (or on other machines, on a shared file system
-    mounted at the same path) find it."""
+    mounted at the same path) find it; an fsspec URL (``s3://bucket/prefix``) as it is, which every
+    worker reaches the same way."""
     from .run import default_directory
+    from .storage import location
 
-    return Path(os.path.abspath(dir if dir is not None else default_directory()))
+    where = location(dir if dir is not None else default_directory())
+    return where if not isinstance(where, Path) else Path(os.path.abspath(where))
 
 
-def _existing_shard_counts(map_dir: Path) -> list[int]:
+def _existing_shard_counts(map_dir: Any) -> list[int]:
     counts: set[int] = set()
+    if not isinstance(map_dir, Path):  # on object storage: the shards' folders are prefixes
+        from .storage import backend_for
+
+        with contextlib.suppress(OSError):
+            for name in backend_for(map_dir).list(""):
+                match = SHARD_RE.match(name)
+                if match:
+                    counts.add(int(match.group(2)))
+        return sorted(counts)
     with contextlib.suppress(OSError), os.scandir(map_dir) as entries:
         for entry in entries:
             match = SHARD_RE.match(entry.name)
@@ -296,7 +308,7 @@ def _check_existing_inputs(plan: _Plan) -> None:
 
     for spec in plan.specs:
         store = RunStore(plan.directory, spec.run_key)
-        if not store.path.is_dir():
+        if not store.folder_exists():
             continue
         try:
             result = store.read_latest(load_state=False)

@@ -43,7 +43,7 @@ class RunProgress:
     """One shard or sweep member as last seen."""
 
     name: str
-    path: Path
+    path: Any  # a local Path or a storage.RemotePath
     size: int | None  # items (None: a sweep member's own loop, total from its checkpoints)
     state: str = "waiting"  # waiting, running, done
     position: int = 0  # reached: the lease's while running, else the last checkpoint's
@@ -96,6 +96,19 @@ class MapSnapshot:
         return word if n == 1 else word + "s"
 
 
+def _names(path: Any) -> list[str]:
+    """The names in a run's folder, local or on object storage; [] when it cannot be listed."""
+    if isinstance(path, Path):
+        with contextlib.suppress(OSError), os.scandir(path) as entries:
+            return [entry.name for entry in entries]
+        return []
+    from .storage import backend_for
+
+    with contextlib.suppress(OSError):
+        return backend_for(path).list("")
+    return []
+
+
 class MapProgress:
     """The state of a map's runs, polled from their folders; events from the waiting client."""
 
@@ -109,13 +122,14 @@ class MapProgress:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
+        from .storage import location
         from .store import key_to_relpath
 
         self.key, self.what = key, what
         self._clock, self._wall = clock, wall
         self._lock = threading.Lock()
         self.runs = {
-            name: RunProgress(name, Path(directory) / key_to_relpath(run_key), size)
+            name: RunProgress(name, location(directory) / key_to_relpath(run_key), size)
             for name, run_key, size in runs
         }
         self.state = "running"
@@ -182,12 +196,11 @@ class MapProgress:
         from .store import MANIFEST_RE
 
         newest, done = None, False
-        with contextlib.suppress(OSError), os.scandir(run.path) as entries:
-            for entry in entries:
-                match = MANIFEST_RE.match(entry.name)
-                if match and (newest is None or int(match.group(1)) > newest):
-                    newest = int(match.group(1))
-                done = done or entry.name == "DONE"
+        for name in _names(run.path):
+            match = MANIFEST_RE.match(name)
+            if match and (newest is None or int(match.group(1)) > newest):
+                newest = int(match.group(1))
+            done = done or name == "DONE"
         manifest = self._manifest(run, newest)
         position = manifest.get("position") if type(manifest.get("position")) is int else None
         created = manifest.get("created") if type(manifest.get("created")) in (int, float) else None
@@ -220,13 +233,22 @@ class MapProgress:
             return cached[1]
         fields: dict[str, Any] = {}
         path = run.path / f"manifest.{generation:08d}.json"
-        with contextlib.suppress(OSError, ValueError, RecursionError):
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-            with os.fdopen(fd, "rb") as f:
-                if stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                    record = json.loads(f.read(_MANIFEST_MAX))
-                    if isinstance(record, dict):
-                        fields = {k: record.get(k) for k in ("position", "created", "total", "final")}
+        if isinstance(path, Path):
+            with contextlib.suppress(OSError, ValueError, RecursionError):
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+                with os.fdopen(fd, "rb") as f:
+                    if stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                        record = json.loads(f.read(_MANIFEST_MAX))
+                        if isinstance(record, dict):
+                            fields = {k: record.get(k) for k in ("position", "created", "total", "final")}
+        else:  # on object storage
+            from .storage import backend_for
+
+            raw = backend_for(run.path).read_plain(path.name)
+            with contextlib.suppress(ValueError, RecursionError, UnicodeDecodeError):
+                record = json.loads(raw[:_MANIFEST_MAX]) if raw else None
+                if isinstance(record, dict):
+                    fields = {k: record.get(k) for k in ("position", "created", "total", "final")}
         if fields:
             self._manifests[run.name] = (generation, fields)
         return fields

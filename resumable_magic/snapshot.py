@@ -48,11 +48,16 @@ def available_memory() -> int | None:
     return None
 
 
-def fork_refusal(state_size: int) -> str | None:
+def fork_refusal(state_size: int, local: bool = True) -> str | None:
     """Why a checkpoint of ``state_size`` bytes must be written synchronously; None when it may fork.
 
-    ``$RESUMABLE_BACKGROUND=0`` turns background checkpoints off.
+    ``$RESUMABLE_BACKGROUND=0`` turns background checkpoints off. ``local=False``: the checkpoint
+    folder is on object storage, where checkpoints are written synchronously: a forked child would
+    need its own connection pool (aiobotocore's does not survive a fork), and ``memory://`` lives in
+    this process's memory, which a child's writes would never reach.
     """
+    if not local:
+        return "the checkpoint folder is on object storage, where checkpoints are written synchronously"
     if os.environ.get("RESUMABLE_BACKGROUND", "").strip().lower() in ("0", "no", "false", "off"):
         return "background checkpoints are off (RESUMABLE_BACKGROUND=0)"
     if sys.platform != "linux" or not hasattr(os, "fork"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from IPython.core.magic import Magics, line_magic, magics_class
 
@@ -27,7 +28,7 @@ _HTML_COLOURS = {
 class StatusTable:
     """The runs of one folder, shown as HTML in a notebook and as text elsewhere."""
 
-    def __init__(self, directory: Path, runs: Sequence[RunInfo]) -> None:
+    def __init__(self, directory: Path | Any, runs: Sequence[RunInfo]) -> None:
         self.directory = directory
         self.runs = list(runs)
 
@@ -61,6 +62,7 @@ class StatusMagics(Magics):
     def resumable_status(self, line: str = "") -> StatusTable:
         """%resumable_status [DIR]: every run under DIR (default as %%resumable) and its state."""
         from .run import default_directory
+        from .storage import location
 
-        directory = Path(line.strip()) if line.strip() else default_directory()
+        directory = location(line.strip() if line.strip() else default_directory())
         return StatusTable(directory, list_runs(directory))

@@ -27,10 +27,7 @@ import hashlib
 import json
 import os
 import re
-import signal
-import stat
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -47,88 +44,21 @@ from .errors import (
     OwnershipLostError,
     UntrustedCheckpointError,
 )
+from .storage import CRASH_STEPS as CRASH_STEPS
+from .storage import TMP_PREFIX as TMP_PREFIX
+from .storage import RemotePath, Where, backend_for, crash_point, location
+from .storage import listdir as _listdir
+from .storage import read_record_file as _read_record
 
 FORMAT_VERSION = 1
 DIGEST_ALGORITHM = "xxh3_128"
 MANIFEST_RE = re.compile(r"^manifest\.(\d+)\.json$")
-TMP_PREFIX = ".tmp-"
 _KEY_PART_RE = re.compile(r"[^A-Za-z0-9._=,+@-]")
 
 
 def digest(data: bytes | memoryview) -> str:
     """Hex digest used for blob names and checksums."""
     return xxhash.xxh3_128_hexdigest(data)
-
-
-# -- test-only crash points ------------------------------------------------------------------------
-# RESUMABLE_CRASH_AT="<step>:<n>" SIGKILLs this process the n-th time it reaches <step>, so that
-# tests can crash a real kernel at an exact point of a commit.
-_crash_spec = os.environ.get("RESUMABLE_CRASH_AT", "")
-_crash_counts: dict[str, int] = {}
-CRASH_STEPS = (
-    "serialized",  # state pickled, nothing written
-    "blob-written",  # blob's temporary file written, not fsynced
-    "blob-synced",  # ... fsynced, not renamed
-    "manifest-written",  # manifest's temporary file written, not fsynced
-    "manifest-synced",  # ... fsynced, not renamed
-    "manifest-renamed",  # renamed into place, directory not fsynced
-    "committed",  # directory fsynced, old generations not yet collected
-    "collecting",  # old manifests deleted, unreferenced blobs not yet
-)
-# Also "background": a forked background writer (snapshot.py) has started, nothing written yet.
-
-
-def _crash_point(step: str) -> None:
-    if not _crash_spec:
-        return
-    target, _, nth = _crash_spec.partition(":")
-    if target != step:
-        return
-    _crash_counts[step] = _crash_counts.get(step, 0) + 1
-    if _crash_counts[step] == int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def crash_point(step: str) -> None:
-    """Public hook for the serializer's step (``serialized``); a no-op unless the test env var is set."""
-    _crash_point(step)
-
-
-# -- atomic files ----------------------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes, steps: tuple[str, str] | None = None) -> None:
-    """tmp -> write -> fsync -> rename over ``path``. The caller fsyncs the directory.
-
-    ``steps`` names the crash points after the write and after the fsync (tests only).
-    """
-    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if steps:
-                _crash_point(steps[0])
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if steps:
-            _crash_point(steps[1])
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _canonical(obj: dict[str, Any]) -> bytes:
@@ -140,14 +70,14 @@ _sha256_cache: dict[tuple[str, int, int, int, int], str] = {}  # blob files hash
 _sha256_put: dict[str, str] = {}  # name -> SHA-256 of the bytes this process stored under that name
 
 
-def _sealed(record: dict[str, Any], objects: Path | None = None) -> bytes:
+def _sealed(record: dict[str, Any], blob_sha256: Callable[[str], str] | None = None) -> bytes:
     """JSON with a checksum over its canonical form, so a torn or edited record is detected, and a
     signature with the user's key (:mod:`.trust`), so a planted or foreign one is refused.
 
     A manifest records the SHA-256 of every blob it names in ``blob_sha256``, so that the signature
     covers the blobs' content: their xxh3 names detect damage, not forgery (xxh3 collisions are easy
     to construct). The hash is the one the record has, else that of the bytes :meth:`RunStore.put_blob`
-    stored under the name in this process, else (given ``objects``) that of the file.
+    stored under the name in this process, else (given ``blob_sha256``) that of the stored blob.
     """
     body = {k: v for k, v in record.items() if k not in ("checksum", "signature")}
     if "state" in body:  # a manifest
@@ -156,8 +86,8 @@ def _sealed(record: dict[str, Any], objects: Path | None = None) -> bytes:
         with contextlib.suppress(CheckpointCorruptError):  # names no blob: nothing to hash
             for name, _ in manifest_blobs(body):
                 found = known.get(name) or _sha256_put.get(name)
-                if found is None and objects is not None:
-                    found = _file_sha256(objects, name)
+                if found is None and blob_sha256 is not None:
+                    found = blob_sha256(name)
                 if found is not None:
                     hashes[name] = found
         if hashes or "blob_sha256" in body:
@@ -191,31 +121,12 @@ def _file_sha256(objects: Path, name: str) -> str:
     return found
 
 
-def _read_record(path: Path, verify: bool) -> bytes:
-    """A record's bytes, read from the file whose owner and mode were checked (``verify``): no window
-    for a rename between the check and the read. Never blocks on a planted FIFO."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        raise CheckpointCorruptError(path, f"cannot be read ({exc.strerror})") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise CheckpointCorruptError(path, "it is not a regular file")
-        if verify:
-            trust.check_private(path, st)
-        try:
-            return f.read()
-        except OSError as exc:
-            raise CheckpointCorruptError(path, f"cannot be read ({exc.strerror})") from None
-
-
 def _read_signed_blob(store: RunStore, manifest: dict[str, Any], name: str) -> bytes:
     """Blob ``name``'s bytes for unpickling: the user's own private file, holding exactly the content
     whose SHA-256 the signed ``manifest`` records (a blob with the right xxh3 name is not enough)."""
     path = store.objects / name
-    trust.check_private(path, run=store.path)
+    if store.backend.checks_permissions:
+        trust.check_private(path, run=store.path)
     data = store.read_blob(name)
     hashes = manifest.get("blob_sha256")
     expected = hashes.get(name) if isinstance(hashes, dict) else None
@@ -231,7 +142,7 @@ def _read_signed_blob(store: RunStore, manifest: dict[str, Any], name: str) -> b
     return data
 
 
-def _folders_down(top: Path, path: Path) -> list[Path]:
+def folders_down(top: Path, path: Path) -> list[Path]:
     """The folders below ``top`` down to ``path`` (a nested key's), ``path`` included."""
     try:
         parts = path.relative_to(top).parts
@@ -243,18 +154,18 @@ def _folders_down(top: Path, path: Path) -> list[Path]:
 def _check_folders(store: RunStore) -> None:
     """The checkpoint folder, a nested key's folders, the run folder and ``objects/``: the user's own
     and writable by nobody else (:func:`.trust.check_private`), or nothing in them is loaded."""
-    for folder in dict.fromkeys(
-        [store.directory, *_folders_down(store.directory, store.path), store.objects]
-    ):
+    for folder in dict.fromkeys([store.directory, *folders_down(store.directory, store.path), store.objects]):
         trust.check_private(folder, run=store.path, what="checkpoint folder")
 
 
-def _unseal(path: Path, verify: bool = True) -> dict[str, Any]:
+def _unseal(path: Where, verify: bool = True, raw: bytes | None = None) -> dict[str, Any]:
     """A sealed record's fields (without its checksum and signature), once its checksum and format
     check out and, with ``verify``, its owner, mode and signature: otherwise
     :class:`~resumable_magic.errors.UntrustedCheckpointError`. ``verify=False``: for ``resumable
-    trust``, which re-signs what it verified, and for collection, which keeps what kept manifests name."""
-    raw = _read_record(path, verify)
+    trust``, which re-signs what it verified, and for collection, which keeps what kept manifests name.
+    ``raw``: the record's bytes, read by the caller's backend (else ``path`` is a local file)."""
+    if raw is None:
+        raw = _read_record(path, verify)  # type: ignore[arg-type]
     if not raw:
         raise CheckpointCorruptError(path, "the file is empty")
     try:
@@ -285,7 +196,7 @@ _BLOB_NAME_RE = re.compile(r"[0-9a-f]{1,128}")
 _FIELD_TYPES = {"names": list, "inputs": dict, "code": (str, type(None)), "history": (list, type(None))}
 
 
-def _check_manifest(path: Path, manifest: dict[str, Any]) -> None:
+def _check_manifest(path: Where, manifest: dict[str, Any]) -> None:
     """The fields readers rely on have their types: a valid checksum over wrong ones (a foreign or
     buggy writer) is damage too, not a TypeError in a reader later."""
     position, created = manifest.get("position"), manifest.get("created")
@@ -342,45 +253,48 @@ class ReadResult:
 
 
 class RunStore:
-    """The checkpoints of one run: ``<directory>/<key>/``."""
+    """The checkpoints of one run: ``<directory>/<key>/``, on a local disk or an object store.
 
-    def __init__(self, directory: str | os.PathLike[str], key: str) -> None:
-        self.directory = Path(directory)
+    ``directory`` is a local folder or an fsspec URL (:func:`.storage.location`); the files go
+    through :attr:`backend` (:mod:`.storage`), so this class knows the format, not the medium.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str] | RemotePath, key: str) -> None:
+        self.directory: Any = location(directory)
         self.key = key
-        self.path = self.directory / key_to_relpath(key)
-        self.objects = self.path / "objects"
+        self.path: Any = self.directory / key_to_relpath(key)
+        self.objects: Any = self.path / "objects"
+        self.backend: Any = backend_for(self.path)
         # Held around every commit: the run's lease mutex, checking the lease is still this process's.
         self.fence: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
         self.seen_generation = 0  # the newest generation this writer knows of (read or committed)
 
     @classmethod
-    def at(cls, path: str | os.PathLike[str], key: str) -> RunStore:
+    def at(cls, path: Where, key: str) -> RunStore:
         """The store in exactly the folder ``path`` (found by listing), whatever its key maps to."""
-        store = cls(Path(path).parent, "_")
-        store.key, store.path, store.objects = key, Path(path), Path(path) / "objects"
+        path = path if isinstance(path, RemotePath) else Path(path)
+        store = cls(path.parent, "_")
+        store.key, store.path, store.objects = key, path, path / "objects"
+        store.backend = backend_for(path)
         return store
+
+    @property
+    def local(self) -> bool:
+        """True on a local file system (owner and mode checks, fsync, free-space warnings apply)."""
+        return bool(self.backend.local)
 
     # -- writing ------------------------------------------------------------------------------------
     def ensure(self) -> None:
         """Create the run's directories (private to the user: a nested key's folders too)."""
-        for path in (self.directory, *_folders_down(self.directory, self.path), self.objects):
-            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.backend.ensure(self.directory)
 
     def put_blob(self, data: bytes | memoryview) -> tuple[str, int]:
         """Store ``data`` under its digest; return (digest, bytes written: 0 when it was already there)."""
         name = digest(data)
         _remember_sha256(name, data)  # for the signed manifest that will name it
-        target = self.objects / name
-        if target.exists():
-            try:
-                if (
-                    target.stat().st_size == len(memoryview(data).cast("B"))
-                    and digest(target.read_bytes()) == name
-                ):
-                    return name, 0
-            except OSError:
-                pass
-        _write_atomic(target, data, steps=("blob-written", "blob-synced"))
+        if self.backend.has_blob(name, data):
+            return name, 0
+        self.backend.put_blob(name, data)
         return name, memoryview(data).nbytes
 
     def commit(self, manifest: dict[str, Any], keep: int | None = None) -> int:
@@ -388,7 +302,7 @@ class RunStore:
 
         Returns the new generation number.
         """
-        _fsync_dir(self.objects)  # blob renames are durable before any manifest names them
+        self.backend.sync("objects")  # blob renames are durable before any manifest names them
         with self.fence():
             newest = max(self._generations(), default=0)
             if newest > self.seen_generation:
@@ -399,15 +313,22 @@ class RunStore:
                 )
             generation = newest + 1
             record = {**manifest, "format": FORMAT_VERSION, "generation": generation, "key": self.key}
-            _write_atomic(
-                self._manifest_path(generation),
-                _sealed(record, self.objects),
-                steps=("manifest-written", "manifest-synced"),
-            )
+            try:
+                # Create-only where the medium has no mutex (an object store): never over another's.
+                self.backend.put_record(
+                    self._manifest_name(generation),
+                    _sealed(record, self._blob_sha256),
+                    steps=("manifest-written", "manifest-synced"),
+                    exclusive=True,
+                )
+            except FileExistsError:
+                raise OwnershipLostError(
+                    self.key, f"another writer, which committed generation {generation} at the same time"
+                ) from None
             self.seen_generation = generation
-        _crash_point("manifest-renamed")
-        _fsync_dir(self.path)
-        _crash_point("committed")
+        crash_point("manifest-renamed")
+        self.backend.sync()
+        crash_point("committed")
         with self.fence():  # only the owner deletes: never a newer owner's blobs
             self._collect(keep={generation, keep} - {None})
         return generation
@@ -416,27 +337,30 @@ class RunStore:
         """Write the completion record naming the final generation."""
         body = {**record, "format": FORMAT_VERSION, "generation": generation, "key": self.key}
         with self.fence():
-            _write_atomic(self.path / "DONE", _sealed(body))
-        _fsync_dir(self.path)
+            self.backend.put_record("DONE", _sealed(body))
+        self.backend.sync()
 
     def write_outcome(self, record: dict[str, Any]) -> None:
         """Record how the last run ended (interrupted, failed: with the error's last line); atomic."""
         with contextlib.suppress(OSError), self.fence():
-            _write_atomic(self.path / "outcome.json", json.dumps(record, ensure_ascii=False).encode())
+            self.backend.put_record("outcome.json", json.dumps(record, ensure_ascii=False).encode())
 
     def clear_outcome(self) -> None:
         with contextlib.suppress(OSError), self.fence():
-            os.unlink(self.path / "outcome.json")
+            self.backend.delete("outcome.json")
 
     def read_outcome(self) -> dict[str, Any] | None:
+        raw = self.backend.read_plain("outcome.json")
         try:
-            record = json.loads((self.path / "outcome.json").read_bytes())
-        except (OSError, ValueError, RecursionError):
+            record = json.loads(raw) if raw is not None else None
+        except (ValueError, RecursionError):
             return None
         return record if isinstance(record, dict) else None
 
     def stale_temporaries(self) -> list[Path]:
-        """Temporary files left by writers that are gone (a crash mid-write)."""
+        """Temporary files left by writers that are gone (a crash mid-write); none on object stores."""
+        if not self.local:
+            return []
         return [
             folder / name
             for folder in (self.path, self.objects)
@@ -454,6 +378,10 @@ class RunStore:
     def exists(self) -> bool:
         return any(True for _ in self._generations())
 
+    def folder_exists(self) -> bool:
+        """True when the run's folder exists (on an object store: when anything is stored under it)."""
+        return bool(self.backend.exists(""))
+
     def read_latest(self, load_state: bool = True) -> ReadResult:
         """The newest checkpoint whose manifest and blob verify, with the state bytes loaded.
 
@@ -463,20 +391,20 @@ class RunStore:
         problems: list[CheckpointCorruptError] = []
         with contextlib.suppress(CheckpointFormatError):  # finished() raises that one
             try:
-                if (self.path / "DONE").exists():
-                    _unseal(self.path / "DONE")
+                if self.backend.exists("DONE"):
+                    self._unseal("DONE")
             except CheckpointCorruptError as exc:
                 problems.append(exc)  # a damaged DONE is reported here; finished() says "not finished"
         generations = sorted(self._generations(), reverse=True)
         self.seen_generation = max([self.seen_generation, *generations[:1]])
         try:
-            if generations:
+            if generations and self.backend.checks_permissions:
                 _check_folders(self)
         except UntrustedCheckpointError as exc:
             return ReadResult(None, [*problems, exc])
         for generation in generations:
             try:
-                manifest = _unseal(self._manifest_path(generation))
+                manifest = self._unseal(self._manifest_name(generation))
                 _check_manifest(self._manifest_path(generation), manifest)
                 if not load_state:
                     self._check_blobs(manifest)
@@ -491,22 +419,18 @@ class RunStore:
         return ReadResult(None, problems)
 
     def read_blob(self, name: str) -> bytes:
-        path = self.objects / str(name)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise CheckpointCorruptError(path, "it is missing") from None
-        except OSError as exc:
-            raise CheckpointCorruptError(path, f"cannot be read ({exc.strerror})") from None
+        data = self.backend.read_blob(str(name))
         if digest(data) != name:
-            raise CheckpointCorruptError(path, "its checksum does not match its content")
+            raise CheckpointCorruptError(self.objects / str(name), "its checksum does not match its content")
+        if not self.local:
+            self.backend.mark_verified(name)  # an unchanged blob need not be uploaded again
         return data
 
     def _check_blobs(self, manifest: dict[str, Any]) -> None:
         for name, size in manifest_blobs(manifest):
             path = self.objects / name
             try:
-                found = path.stat().st_size
+                found = self.backend.size(f"objects/{name}")
             except OSError:
                 raise CheckpointCorruptError(path, "it is missing") from None
             if size is not None and found != size:
@@ -514,10 +438,9 @@ class RunStore:
 
     def dropped_values(self) -> dict[str, Any] | None:
         """The completion record of a finished run whose final values ``gc --final-values`` deleted."""
-        path = self.path / "DONE"
-        if not path.exists():
+        if not self.backend.exists("DONE"):
             return None
-        record = _unseal(path)
+        record = self._unseal("DONE")
         return record if record.get("values_dropped") else None
 
     def prune(self, dry_run: bool = False) -> int:
@@ -528,14 +451,15 @@ class RunStore:
         newest = self.read_latest(load_state=False).checkpoint
         if newest is None:
             return 0
-        kept = {self._manifest_path(newest.generation), self.path / "DONE"}
-        kept.update(self.objects / name for name, _ in manifest_blobs(newest.manifest))
+        kept = {self._manifest_name(newest.generation), "DONE"}
+        kept.update(f"objects/{name}" for name, _ in manifest_blobs(newest.manifest))
         victims = [
-            path
-            for path in self._files()
-            if path not in kept and (path.parent == self.objects or MANIFEST_RE.match(path.name))
+            name
+            for name in self._files()
+            if name not in kept and (name.startswith("objects/") or MANIFEST_RE.match(name))
         ]
-        return self._delete([*victims, *self.stale_temporaries()], dry_run)
+        temporaries = [self._name_of(path) for path in self.stale_temporaries()]
+        return self._delete([*victims, *temporaries], dry_run)
 
     def drop_values(self, dry_run: bool = False) -> int:
         """Delete a finished run's checkpoints, keeping a DONE record that says so; returns bytes freed.
@@ -546,49 +470,64 @@ class RunStore:
         newest = self.read_latest(load_state=False).checkpoint
         if newest is None or self.finished(newest.generation) is None:
             return 0
-        victims = [p for p in self._files() if p.parent == self.objects or MANIFEST_RE.match(p.name)]
+        victims = [n for n in self._files() if n.startswith("objects/") or MANIFEST_RE.match(n)]
         if not dry_run:
             kept = ("position", "total", "params", "names", "header", "created", "history", "key")
             record = {k: newest.manifest[k] for k in kept if k in newest.manifest}
-            body = {**_unseal(self.path / "DONE"), **record, "values_dropped": time.time()}
+            body = {**self._unseal("DONE"), **record, "values_dropped": time.time()}
             with self.fence():
-                _write_atomic(self.path / "DONE", _sealed({**body, "format": FORMAT_VERSION}))
-                _fsync_dir(self.path)
+                self.backend.put_record("DONE", _sealed({**body, "format": FORMAT_VERSION}))
+                self.backend.sync()
         return self._delete(victims, dry_run)
 
-    def _delete(self, paths: list[Path], dry_run: bool) -> int:
+    def _delete(self, names: list[str], dry_run: bool) -> int:
         freed = 0
         with self.fence():
-            for path in paths:
+            for name in names:
                 try:
-                    size = path.stat().st_size
+                    size = self.backend.size(name)
                     if not dry_run:
-                        path.unlink()
+                        self.backend.delete(name)
                 except OSError:
                     continue
                 freed += size
         return freed
 
-    def _files(self) -> list[Path]:
-        return [folder / name for folder in (self.path, self.objects) for name in _listdir(folder)]
+    def _files(self) -> list[str]:
+        """The run's own files, as names relative to its folder (``objects/<digest>`` for blobs)."""
+        return [*self.backend.list(""), *(f"objects/{n}" for n in self.backend.list("objects"))]
+
+    def _name_of(self, path: Path) -> str:
+        return "objects/" + path.name if path.parent == self.objects else path.name
 
     def finished(self, latest_generation: int | None) -> dict[str, Any] | None:
         """The completion record, if it names the newest good generation (a newer run makes it stale)."""
-        path = self.path / "DONE"
-        if not path.exists():
+        if not self.backend.exists("DONE"):
             return None
         try:
-            record = _unseal(path)
+            record = self._unseal("DONE")
         except CheckpointCorruptError:  # reported by read_latest: the final checkpoint resumes instead
             return None
         return record if record.get("generation") == latest_generation else None
 
     # -- internals ----------------------------------------------------------------------------------
-    def _manifest_path(self, generation: int) -> Path:
-        return self.path / f"manifest.{generation:08d}.json"
+    def _manifest_name(self, generation: int) -> str:
+        return f"manifest.{generation:08d}.json"
+
+    def _manifest_path(self, generation: int) -> Any:
+        return self.path / self._manifest_name(generation)
+
+    def _unseal(self, name: str, verify: bool = True) -> dict[str, Any]:
+        """A sealed record of this run read through the backend (see the module's ``_unseal``)."""
+        return _unseal(self.path / name, verify, raw=self.backend.read_record(name, verify))
+
+    def _blob_sha256(self, name: str) -> str:
+        if self.local:
+            return _file_sha256(self.objects, name)
+        return hashlib.sha256(self.backend.read_blob(name)).hexdigest()
 
     def _generations(self) -> Iterable[int]:
-        for name in _listdir(self.path):
+        for name in self.backend.list(""):
             match = MANIFEST_RE.match(name)
             if match:
                 yield int(match.group(1))
@@ -598,27 +537,23 @@ class RunStore:
         newest = max(keep)
         referenced: set[str] = set()
         for generation in self._generations():
-            path = self._manifest_path(generation)
             if generation in keep:
                 with contextlib.suppress(CheckpointCorruptError, CheckpointFormatError):
-                    referenced.update(name for name, _ in manifest_blobs(_unseal(path, verify=False)))
+                    body = self._unseal(self._manifest_name(generation), verify=False)
+                    referenced.update(name for name, _ in manifest_blobs(body))
             elif generation < newest:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-        _crash_point("collecting")
-        for name in _listdir(self.objects):
+                self.backend.delete(self._manifest_name(generation))
+        crash_point("collecting")
+        for name in self.backend.list("objects"):
             if not name.startswith(TMP_PREFIX) and name not in referenced:
-                with contextlib.suppress(OSError):
-                    os.unlink(self.objects / name)
-        done = self.path / "DONE"
-        if done.exists():
+                self.backend.delete(f"objects/{name}")
+        if self.backend.exists("DONE"):
             try:
-                stale = _unseal(done).get("generation") not in keep
+                stale = self._unseal("DONE").get("generation") not in keep
             except (CheckpointCorruptError, CheckpointFormatError):
                 stale = True
             if stale:
-                with contextlib.suppress(OSError):
-                    os.unlink(done)
+                self.backend.delete("DONE")
 
 
 def manifest_blobs(manifest: dict[str, Any]) -> list[tuple[str, int | None]]:
@@ -634,13 +569,6 @@ def manifest_blobs(manifest: dict[str, Any]) -> list[tuple[str, int | None]]:
         raise CheckpointCorruptError(
             f"manifest generation {manifest.get('generation')}", "it names no state blob"
         ) from None
-
-
-def _listdir(path: Path) -> list[str]:
-    try:
-        return os.listdir(path)
-    except OSError:
-        return []
 
 
 def pid_alive(pid: int) -> bool:

@@ -222,6 +222,12 @@ def run_folder(path: Path) -> Path:
 
 def trust_remedy(run: Path) -> str:
     """What to do about a checkpoint that is not signed with the user's key."""
+    if not isinstance(run, Path):  # on object storage: the signature is the only check there is
+        return (
+            f"Checkpoints on object storage are trusted by their signature alone: if you trust "
+            f"{str(run)!r}, set ${ENV_KEY} or ${ENV_KEY_FILE} to the key that wrote it (every machine "
+            f"sharing the bucket needs the same key); otherwise delete it, or start over with --fresh."
+        )
     return (
         f"If you trust it (your own checkpoint from another machine, key or older version, or one a "
         f"colleague gave you), run `resumable trust {shlex.quote(str(run))}` to sign it with your key; "
@@ -377,15 +383,15 @@ def trust_run(run: Path, top: Path | None = None) -> TrustReport:
     (copy it: ``cp -r`` makes the copy yours) and a run being executed (its lease is live).
     """
     from .lease import Lease
+    from .storage import fsync_dir as _fsync_dir
+    from .storage import write_atomic as _write_atomic
     from .store import (
         MANIFEST_RE,
         CheckpointCorruptError,
         CheckpointFormatError,
         _check_manifest,
-        _fsync_dir,
         _sealed,
         _unseal,
-        _write_atomic,
         manifest_blobs,
     )
 

@@ -1,0 +1,394 @@
+"""Checkpoints on object storage, through fsspec: one PUT per file, and a lease by conditional writes.
+
+An object store has no rename, no fsync and no file lock, but a single PUT is atomic: readers see the
+whole object or none of it. So a checkpoint is committed the way git and restic do on such stores:
+
+* every blob is stored under its content's digest (``objects/<xxh3>``), in one PUT;
+* the manifest is written last, in one PUT, and create-only (``If-None-Match: *`` on S3): two
+  writers can never both write generation N;
+* readers take the newest manifest whose blobs are all there and verify, else an older one.
+
+The lease (``owner.json``) is a compare-and-swap register where the store has one: on S3 each write
+carries ``If-Match: <the ETag this process last read>`` (``If-None-Match: *`` for the first), so a
+heartbeat or a takeover that raced another writer fails instead of overwriting it. ``memory://`` is
+in this process, where a lock makes the same guarantee. Other file systems get a write followed by a
+read-back of the token: two processes that take a dead owner's lease within the same round trip can
+both believe they hold it until the next heartbeat, when one of them finds the other's token.
+
+What a commit is fenced by, and what it is not: right before the manifest's PUT the lease is read
+again and the commit is refused unless it still holds this process's token. A writer stalled between
+that read and its PUT for longer than the lease timeout (a laptop put to sleep there) can still land
+one manifest after a takeover; it is a complete checkpoint (its blobs were written before), the
+create-only PUT means it cannot replace the new owner's, and the new owner's next commit sees a
+generation it did not write and stops with :class:`~resumable_magic.errors.OwnershipLostError`.
+There are no file permissions on an object store: readers trust a checkpoint by its HMAC signature
+only (:mod:`resumable_magic.trust`), so machines sharing a bucket share the signing key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from .errors import CheckpointCorruptError, OwnershipLostError, ResumableError, RunOwnedError
+from .lease import LEASE_FILE, Lease, describe_owner
+from .storage import RemotePath
+
+__all__ = ["FsspecBackend", "ObjectLease", "check_protocol", "filesystem", "read_lease", "run_folders"]
+
+# The extra that installs a protocol's fsspec implementation (pip install 'resumable_magic[EXTRA]').
+_EXTRAS = {"s3": ("s3", "s3fs"), "s3a": ("s3", "s3fs")}
+_MANIFEST_RE = re.compile(r"^manifest\.(\d+)\.json$")
+_VERIFIED: set[tuple[str, str]] = set()  # blobs this process wrote or read and verified: (protocol, path)
+_MEMORY_LOCK = threading.Lock()  # memory:// lives in this process: a lock is its compare-and-swap
+
+
+class _Conflict(Exception):
+    """A conditional write found the object changed since it was read."""
+
+
+def check_protocol(url: str, protocol: str) -> str:
+    """Make sure fsspec and ``protocol``'s package import; else a one-paragraph ResumableError."""
+    extra, package = _EXTRAS.get(protocol, ("fsspec", None))
+    install = f"pip install 'resumable_magic[{extra}]'"
+    try:
+        import fsspec
+    except ImportError:
+        what = f"fsspec and {package}" if package else "fsspec and the package for this protocol"
+        raise ResumableError(
+            f"The checkpoint folder {url!r} is a URL, and URLs are reached through fsspec, which is "
+            f"not installed. Install the extra: {install} ({what}), or give a local folder."
+        ) from None
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ValueError:
+        raise ResumableError(
+            f"The checkpoint folder {url!r} names the protocol {protocol!r}, which fsspec does not "
+            f"know. Use a local folder, s3://bucket/prefix, memory:// or another fsspec protocol."
+        ) from None
+    except ImportError as exc:
+        hint = f"{install} ({package})" if package else f"the package fsspec names: {exc}"
+        raise ResumableError(
+            f"The checkpoint folder {url!r} needs fsspec's {protocol!r} implementation, which is not "
+            f"installed. Install it: {hint}."
+        ) from None
+    return protocol
+
+
+def filesystem(protocol: str) -> Any:
+    """fsspec's file system for ``protocol``, configured the fsspec way (``$FSSPEC_S3_ENDPOINT_URL``,
+    ``$AWS_*``, fsspec's config files). fsspec caches instances per process and makes a fresh one in
+    a forked child (aiobotocore's sessions do not survive a fork)."""
+    import fsspec
+
+    return fsspec.filesystem(protocol)
+
+
+class FsspecBackend:
+    """A run folder on an fsspec file system: one PUT per file (see the module doc)."""
+
+    local = False
+    checks_permissions = False  # an object store has no owner bits: the signature is the check
+
+    def __init__(self, path: RemotePath) -> None:
+        self.path = path
+        self.fs = filesystem(path.protocol)
+        self.root = self.fs._strip_protocol(str(path)).rstrip("/")
+        # Compare-and-swap: S3 has conditional PUTs; memory:// is in this process.
+        self.conditional = path.protocol in ("s3", "s3a") or path.protocol == "memory"
+
+    def where(self, name: str = "") -> RemotePath:
+        return self.path / name if name else self.path
+
+    def _p(self, name: str) -> str:
+        return f"{self.root}/{name}" if name else self.root
+
+    def ensure(self, top: Any) -> None:
+        """Nothing to create: an object store has no folders."""
+
+    # -- blobs ------------------------------------------------------------------------------------------
+    def has_blob(self, name: str, data: bytes | memoryview) -> bool:
+        """True for a blob this process wrote or verified and that is still there whole. Others are
+        written again: one PUT of the same bytes is atomic and harmless, and cheaper than a read."""
+        path = self._p(f"objects/{name}")
+        if (self.path.protocol, path) not in _VERIFIED:
+            return False
+        try:
+            return int(self.fs.info(path)["size"]) == memoryview(data).nbytes
+        except (OSError, KeyError, ValueError):
+            return False
+
+    def put_blob(self, name: str, data: bytes | memoryview) -> None:
+        path = self._p(f"objects/{name}")
+        view = memoryview(data)
+        self.fs.pipe_file(path, view.tobytes() if not isinstance(data, bytes) else data)
+        _VERIFIED.add((self.path.protocol, path))
+
+    def mark_verified(self, name: str) -> None:
+        _VERIFIED.add((self.path.protocol, self._p(f"objects/{name}")))
+
+    def read_blob(self, name: str) -> bytes:
+        return self._read(f"objects/{name}")
+
+    # -- records ----------------------------------------------------------------------------------------
+    def put_record(
+        self, name: str, data: bytes, steps: tuple[str, str] | None = None, exclusive: bool = False
+    ) -> None:
+        """One PUT. ``exclusive``: create-only (FileExistsError when the object exists)."""
+        path = self._p(name)
+        if not exclusive:
+            self.fs.pipe_file(path, data)
+        elif self.path.protocol == "memory":
+            with _MEMORY_LOCK:
+                if self.fs.exists(path):
+                    raise FileExistsError(str(self.where(name)))
+                self.fs.pipe_file(path, data)
+        elif self.conditional:
+            self.fs.pipe_file(path, data, mode="create")  # If-None-Match: *
+        else:  # no create-only PUT: the generation check under the lease fence is all there is
+            if self.fs.exists(path):
+                raise FileExistsError(str(self.where(name)))
+            self.fs.pipe_file(path, data)
+
+    def sync(self, folder: str = "") -> None:
+        """Nothing to do: a PUT is durable when it returns."""
+
+    def read_record(self, name: str, verify: bool) -> bytes:
+        return self._read(name)
+
+    def read_plain(self, name: str) -> bytes | None:
+        try:
+            return bytes(self.fs.cat_file(self._p(name)))
+        except OSError:
+            return None
+
+    def _read(self, name: str) -> bytes:
+        try:
+            return bytes(self.fs.cat_file(self._p(name)))
+        except FileNotFoundError:
+            raise CheckpointCorruptError(self.where(name), "it is missing") from None
+        except OSError as exc:
+            raise CheckpointCorruptError(self.where(name), f"cannot be read ({exc})") from None
+
+    # -- listing and deleting -------------------------------------------------------------------------
+    def exists(self, name: str = "") -> bool:
+        if not name:
+            return bool(self.list(""))
+        try:
+            return bool(self.fs.exists(self._p(name)))
+        except OSError:
+            return False
+
+    def list(self, folder: str = "") -> list[str]:
+        """Names in ``folder`` (listing bypasses fsspec's listing cache: a new manifest must show)."""
+        path = self._p(folder)
+        with contextlib.suppress(Exception):
+            self.fs.invalidate_cache(path)
+        try:
+            entries = self.fs.ls(path, detail=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        names = [str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries]
+        return [n for n in names if n and self._p(f"{folder}/{n}" if folder else n) != path]
+
+    def size(self, name: str) -> int:
+        return int(self.fs.info(self._p(name))["size"])
+
+    def delete(self, name: str) -> None:
+        path = self._p(name)
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(path)
+        _VERIFIED.discard((self.path.protocol, path))
+
+    def free_space(self) -> int | None:
+        return None  # an object store does not fill up the way a disk does
+
+    # -- the lease's register ---------------------------------------------------------------------------
+    def get_tagged(self, name: str) -> tuple[bytes, str] | None:
+        """(bytes, ETag) of object ``name``, read in one request; None when there is none."""
+        path = self._p(name)
+        if self.path.protocol in ("s3", "s3a"):
+            from fsspec.asyn import sync
+
+            try:
+                return sync(self.fs.loop, _s3_get_tagged, self.fs, path)
+            except FileNotFoundError:
+                return None
+        with _MEMORY_LOCK if self.path.protocol == "memory" else contextlib.nullcontext():
+            try:
+                data = bytes(self.fs.cat_file(path))
+            except FileNotFoundError:
+                return None
+        return data, _content_tag(data)
+
+    def put_tagged(self, name: str, data: bytes, expected: str | None) -> str:
+        """Write ``name`` only if it still has the ETag ``expected`` (None: only if it does not exist).
+        Returns the new ETag; raises :class:`_Conflict` when the object changed meanwhile."""
+        path = self._p(name)
+        if self.path.protocol in ("s3", "s3a"):
+            condition = {"IfMatch": expected} if expected is not None else {"mode": "create"}
+            try:
+                out = self.fs.pipe_file(path, data, **condition)
+            except FileNotFoundError:  # If-Match on an object deleted meanwhile
+                raise _Conflict() from None
+            except OSError as exc:  # 412 Precondition Failed (s3fs: FileExistsError or EINVAL)
+                if isinstance(exc, FileExistsError) or "precondition" in str(exc).lower():
+                    raise _Conflict() from None
+                raise
+            tag = (out or {}).get("ETag") if isinstance(out, dict) else None
+            return str(tag) if tag else self.get_tagged(name)[1]  # type: ignore[index]
+        if self.path.protocol == "memory":
+            with _MEMORY_LOCK:
+                try:
+                    current = _content_tag(bytes(self.fs.cat_file(path)))
+                except FileNotFoundError:
+                    current = None
+                if current != expected:
+                    raise _Conflict()
+                self.fs.pipe_file(path, data)
+            return _content_tag(data)
+        # No compare-and-swap: write, then read back (the window is documented in the module doc).
+        found = self.get_tagged(name)
+        if (found[1] if found else None) != expected:
+            raise _Conflict()
+        self.fs.pipe_file(path, data)
+        back = self.get_tagged(name)
+        if back is None or back[0] != data:
+            raise _Conflict()
+        return back[1]
+
+
+async def _s3_get_tagged(fs: Any, path: str) -> tuple[bytes, str]:
+    bucket, key, _ = fs.split_path(path)
+    response = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+    body = response["Body"]
+    try:
+        data = await body.read()
+    finally:
+        body.close()
+    return data, str(response["ETag"])
+
+
+def _content_tag(data: bytes) -> str:
+    from .store import digest
+
+    return digest(data)
+
+
+def _parse_lease(data: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def read_lease(run_path: RemotePath) -> dict[str, Any] | None:
+    """The lease record of the run at ``run_path``, or None (no lease, or unreadable)."""
+    try:
+        found = FsspecBackend(run_path).get_tagged(LEASE_FILE)
+    except OSError:
+        return None
+    return _parse_lease(found[0]) if found else None
+
+
+def run_folders(root: RemotePath) -> dict[RemotePath, int]:
+    """Every run folder under ``root`` (a folder holding a manifest or DONE) and its size in bytes
+    (its own objects and ``objects/``; nested runs not counted), from one recursive listing."""
+    backend = FsspecBackend(root)
+    fs = backend.fs
+    with contextlib.suppress(Exception):
+        fs.invalidate_cache(backend.root)
+    try:
+        found = fs.find(backend.root, detail=True)
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    files: dict[str, int] = {}
+    for path, info in found.items():
+        files[path.strip("/")] = int(info.get("size") or 0)
+    base = backend.root.strip("/")
+    runs: dict[str, int] = {}
+    for path in files:
+        folder, _, name = path.rpartition("/")
+        if (_MANIFEST_RE.match(name) or name == "DONE") and not folder.endswith("/objects"):
+            runs.setdefault(folder, 0)
+    for path, size in files.items():
+        folder = path.rpartition("/")[0]
+        if folder in runs:
+            runs[folder] += size
+        elif folder.endswith("/objects") and folder[: -len("/objects")] in runs:
+            runs[folder[: -len("/objects")]] += size
+    result = {}
+    for folder, size in runs.items():
+        relative = folder[len(base) :].strip("/") if folder.startswith(base) else folder
+        result[root / relative if relative else root] = size
+    return result
+
+
+class ObjectLease(Lease):
+    """The run's lease on an object store: a compare-and-swap register, no mutex (see the module doc).
+
+    Heartbeats are sparser than on disk (every few seconds: each is a GET and a PUT); across
+    machines the heartbeat timeout decides whether an owner is gone, on the same host its pid too.
+    """
+
+    HEARTBEAT = 2.0
+
+    def __init__(self, run_path: RemotePath, key: str, timeout: float | None = None) -> None:
+        super().__init__(run_path, key, timeout)  # type: ignore[arg-type]
+        self._backend = FsspecBackend(run_path)
+        self._etag: str | None = None  # the ETag of owner.json as this process last read or wrote it
+
+    def _make_mutex(self) -> Any:
+        return threading.RLock()  # serialises this process's threads (heartbeat, commit) only
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._mutex:
+            yield
+
+    def heartbeat_interval(self) -> float:
+        return min(self.HEARTBEAT, self.timeout / 5)
+
+    def acquire(self, position: int = 0) -> str | None:
+        for _ in range(5):  # lost a race with another taker: read again and decide again
+            try:
+                return super().acquire(position)
+            except _Conflict:
+                continue
+        current = self._read_current() or {}
+        raise RunOwnedError(self.key, describe_owner(current), float(current.get("timeout") or 0))
+
+    def in_child(self) -> Lease:
+        twin = ObjectLease(self.path, self.key, self.timeout)  # type: ignore[arg-type]
+        twin.token, twin.held, twin._record, twin._etag = (
+            self.token,
+            self.held,
+            dict(self._record),
+            self._etag,
+        )
+        return twin
+
+    def _read_current(self) -> dict[str, Any] | None:
+        found = self._backend.get_tagged(LEASE_FILE)
+        self._etag = found[1] if found else None
+        return _parse_lease(found[0]) if found else None
+
+    def _write(self, record: dict[str, Any] | None = None) -> None:
+        data = json.dumps(self._record if record is None else record).encode()
+        try:
+            self._etag = self._backend.put_tagged(LEASE_FILE, data, self._etag)
+        except _Conflict:
+            if not self.held:
+                raise  # acquire: another process got there first
+            current = self._read_current()
+            self.held = False
+            self.lost = describe_owner(current) if current else "another process (the lease was removed)"
+            raise OwnershipLostError(self.key, self.lost) from None
+
+    def _remove(self) -> None:
+        self._backend.delete(LEASE_FILE)
