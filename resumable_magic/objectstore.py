@@ -236,7 +236,7 @@ class FsspecBackend:
             except FileNotFoundError:  # If-Match on an object deleted meanwhile
                 raise _Conflict() from None
             except OSError as exc:  # 412 Precondition Failed (s3fs: FileExistsError or EINVAL)
-                if isinstance(exc, FileExistsError) or "precondition" in str(exc).lower():
+                if isinstance(exc, FileExistsError) or _precondition_failed(exc):
                     raise _Conflict() from None
                 raise
             tag = (out or {}).get("ETag") if isinstance(out, dict) else None
@@ -260,6 +260,16 @@ class FsspecBackend:
         if back is None or back[0] != data:
             raise _Conflict()
         return back[1]
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """True for S3's answer to a conditional PUT that did not hold (412, or 409 for a concurrent one),
+    which s3fs turns into an OSError whose cause is botocore's ClientError."""
+    cause = exc.__cause__
+    response = getattr(cause, "response", None) or {}
+    code = str((response.get("Error") or {}).get("Code", ""))
+    status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    return code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412)
 
 
 async def _s3_get_tagged(fs: Any, path: str) -> tuple[bytes, str]:
