@@ -100,6 +100,9 @@ class FsspecBackend:
         self.root = self.fs._strip_protocol(str(path)).rstrip("/")
         # Compare-and-swap: S3 has conditional PUTs; memory:// is in this process.
         self.conditional = path.protocol in ("s3", "s3a") or path.protocol == "memory"
+        # Manifests are written create-only and never changed: the ones this object wrote or read are
+        # kept (a commit's collection reads the kept generations' blob lists without a request).
+        self._manifests: dict[str, bytes] = {}
 
     def where(self, name: str = "") -> RemotePath:
         return self.path / name if name else self.path
@@ -140,6 +143,8 @@ class FsspecBackend:
     ) -> None:
         """One PUT. ``exclusive``: create-only (FileExistsError when the object exists)."""
         path = self._p(name)
+        if _MANIFEST_RE.match(name):
+            self._manifests.pop(name, None)
         if not exclusive:
             self.fs.pipe_file(path, data)
         elif self.path.protocol == "memory":
@@ -153,12 +158,20 @@ class FsspecBackend:
             if self.fs.exists(path):
                 raise FileExistsError(str(self.where(name)))
             self.fs.pipe_file(path, data)
+        if exclusive and _MANIFEST_RE.match(name):
+            self._manifests[name] = data
 
     def sync(self, folder: str = "") -> None:
         """Nothing to do: a PUT is durable when it returns."""
 
     def read_record(self, name: str, verify: bool) -> bytes:
-        return self._read(name)
+        cached = self._manifests.get(name)
+        if cached is not None:
+            return cached
+        data = self._read(name)
+        if _MANIFEST_RE.match(name) and len(self._manifests) < 64:
+            self._manifests[name] = data
+        return data
 
     def read_plain(self, name: str) -> bytes | None:
         try:
@@ -200,6 +213,7 @@ class FsspecBackend:
 
     def delete(self, name: str) -> None:
         path = self._p(name)
+        self._manifests.pop(name, None)
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(path)
         _VERIFIED.discard((self.path.protocol, path))

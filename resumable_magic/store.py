@@ -304,7 +304,8 @@ class RunStore:
         """
         self.backend.sync("objects")  # blob renames are durable before any manifest names them
         with self.fence():
-            newest = max(self._generations(), default=0)
+            listed = self.backend.list("")
+            newest = max(self._generations(listed), default=0)
             if newest > self.seen_generation:
                 raise OwnershipLostError(
                     self.key,
@@ -329,8 +330,11 @@ class RunStore:
         crash_point("manifest-renamed")
         self.backend.sync()
         crash_point("committed")
+        # On an object store each listing is a request: collection reuses the one above (only the
+        # owner adds manifests, and it deletes older ones only); on disk it lists again, as ever.
+        listed = None if self.local else [*listed, self._manifest_name(generation)]
         with self.fence():  # only the owner deletes: never a newer owner's blobs
-            self._collect(keep={generation, keep} - {None})
+            self._collect(keep={generation, keep} - {None}, listed=listed)
         return generation
 
     def mark_finished(self, generation: int, record: dict[str, Any]) -> None:
@@ -526,17 +530,19 @@ class RunStore:
             return _file_sha256(self.objects, name)
         return hashlib.sha256(self.backend.read_blob(name)).hexdigest()
 
-    def _generations(self) -> Iterable[int]:
-        for name in self.backend.list(""):
+    def _generations(self, listed: list[str] | None = None) -> Iterable[int]:
+        for name in self.backend.list("") if listed is None else listed:
             match = MANIFEST_RE.match(name)
             if match:
                 yield int(match.group(1))
 
-    def _collect(self, keep: set[int]) -> None:
-        """Delete manifests not in ``keep`` (older ones only) and blobs no kept manifest names."""
+    def _collect(self, keep: set[int], listed: list[str] | None = None) -> None:
+        """Delete manifests not in ``keep`` (older ones only) and blobs no kept manifest names.
+
+        ``listed``: the run folder's names, as listed by the caller (else listed here)."""
         newest = max(keep)
         referenced: set[str] = set()
-        for generation in self._generations():
+        for generation in self._generations(listed):
             if generation in keep:
                 with contextlib.suppress(CheckpointCorruptError, CheckpointFormatError):
                     body = self._unseal(self._manifest_name(generation), verify=False)
@@ -547,7 +553,7 @@ class RunStore:
         for name in self.backend.list("objects"):
             if not name.startswith(TMP_PREFIX) and name not in referenced:
                 self.backend.delete(f"objects/{name}")
-        if self.backend.exists("DONE"):
+        if ("DONE" in listed) if listed is not None else self.backend.exists("DONE"):
             try:
                 stale = self._unseal("DONE").get("generation") not in keep
             except (CheckpointCorruptError, CheckpointFormatError):

@@ -17,6 +17,7 @@ SMOKE = {
     "bench_widget.py": ["--iterations", "20000", "--rounds", "1"],
     "bench_serialize.py": ["--cases", "array,tuples,notebook", "--array-mib", "1", "--rounds", "1"],
     "bench_alternatives.py": ["--states", "small,notebook", "--rounds", "1"],
+    "bench_storage.py": ["--quick"],  # starts its own moto_server on loopback
 }
 
 
