@@ -173,6 +173,7 @@ class Checkpointing:
                 self._last_size,
                 blocked,
                 int(result["written"]),
+                "background" if background else "sync" if self.store.local else "sync (object storage)",
             )
         )
         return generation

@@ -110,6 +110,9 @@ class CheckpointStats:
     nbytes: int  # size of the checkpointed state
     seconds: float  # time the loop was blocked by it
     written: int | None = None  # bytes actually written (less when unchanged data was not rewritten)
+    # How it was written: "sync" (the loop waited), "background" (a forked writer), or
+    # "sync (object storage)" (no forked writers on object storage: see snapshot.fork_refusal).
+    mode: str = "sync"
 
     def written_note(self) -> str:
         """``""`` when all of it was written, else ``", 40.0 KiB new"`` / ``", unchanged"``."""

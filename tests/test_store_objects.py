@@ -355,3 +355,27 @@ def test_cli_status_in_process_on_s3(s3_bucket, capsys):
     run_loop(ckpt)
     assert cli.main(["status", "--dir", ckpt]) == 0
     assert "finished" in capsys.readouterr().out
+
+
+class Stats(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stats: list = []
+
+    def checkpoint_finished(self, stats) -> None:  # type: ignore[override]
+        super().checkpoint_finished(stats)
+        self.stats.append(stats)
+
+
+def test_large_states_on_object_storage_are_written_synchronously_and_say_so(memory_dir, monkeypatch):
+    import numpy as np
+    monkeypatch.delenv("RESUMABLE_BACKGROUND", raising=False)
+    state = {"a": np.zeros(65 * 2**20 // 8)}  # over snapshot.FORK_MIN_BYTES: forked on a local disk
+    progress = Stats()
+    with Resumable(KEY, state, dir=memory_dir, every="1it", progress=progress) as run:
+        for i in run.iterate(range(3)):
+            state["a"][0] = i
+    assert run.background_writes == []
+    assert {s.mode for s in progress.stats} == {"sync (object storage)"}
+    assert "written synchronously: the checkpoint folder is on object storage" in progress.text("info")
+    assert load(KEY, dir=memory_dir)["a"][0] == 2
