@@ -18,6 +18,9 @@ commit again. The mutex is held for microseconds; waiting for it is bounded by :
 never broken: a holder stopped inside it may be in the middle of a commit, and breaking the lock would
 let that commit land after a takeover; the others wait, then report the stopped holder.
 
+On object storage there is no file lock: :class:`~resumable_magic.objectstore.ObjectLease` keeps the
+same record with conditional writes instead (:func:`make_lease` picks the kind for a run's folder).
+
 A thread holds the GIL between bytecodes only; a single C call that keeps the GIL for longer than
 the lease timeout (default :data:`DEFAULT_TIMEOUT`, ``$RESUMABLE_LEASE_TIMEOUT``) stalls the
 heartbeat, and a second process started on the same run in that window would take it over.

@@ -82,7 +82,10 @@ class ResumableMagics(Magics):
         "parameter set. Put it last, or its names swallow the state names after it.",
     )
     @argument(
-        "--dir", default=None, help="Checkpoint directory (default: $RESUMABLE_DIR, else ./.resumable)."
+        "--dir",
+        default=None,
+        help="Checkpoint directory, or an fsspec URL such as s3://bucket/prefix (default: $RESUMABLE_DIR, "
+        "else ./.resumable).",
     )
     @argument("--fresh", action="store_true", help="Ignore existing checkpoints and start over.")
     @argument(

@@ -60,9 +60,13 @@ _HISTORY_LIMIT = 200  # events kept in the metadata: the first one and the newes
 _MISSING = iteration.MISSING  # "no item": a checkpoint not taken at a for-loop boundary
 
 
-def default_directory() -> Path:
-    """``$RESUMABLE_DIR``, else ``.resumable`` in the current working directory."""
-    return Path(os.environ.get("RESUMABLE_DIR") or ".resumable")
+def default_directory() -> Path | str:
+    """``$RESUMABLE_DIR``, else ``.resumable`` in the current working directory. A URL
+    (``s3://bucket/prefix``) is returned as it is: ``Path`` would fold its ``//``."""
+    from .storage import is_url
+
+    value = os.environ.get("RESUMABLE_DIR") or ".resumable"
+    return value if is_url(value) else Path(value)
 
 
 class Resumable(Checkpointing):

@@ -15,6 +15,10 @@ leaves the previous checkpoint intact. Readers take the newest manifest that ver
 checksum and its blob's) and fall back to older ones, reporting what was damaged. After a commit,
 only the new generation and the one before it are kept. The store knows bytes and files, not loops.
 
+The files themselves go through a backend (:mod:`.storage`): on a local disk every write is the
+tmp -> fsync -> rename above; on object storage (``s3://``, ``memory://``, :mod:`.objectstore`) each
+file is one PUT, the manifest's create-only, and there are no temporaries, renames or fsyncs.
+
 Writes that change what readers see (a manifest, DONE, outcome, collection) run inside ``fence``,
 which the run sets to its lease's fence: a writer that lost the run, or that finds a generation newer
 than any it knew, raises :class:`~resumable_magic.errors.OwnershipLostError` instead of committing.

@@ -369,6 +369,7 @@ class Stats(Recorder):
 
 def test_large_states_on_object_storage_are_written_synchronously_and_say_so(memory_dir, monkeypatch):
     import numpy as np
+
     monkeypatch.delenv("RESUMABLE_BACKGROUND", raising=False)
     state = {"a": np.zeros(65 * 2**20 // 8)}  # over snapshot.FORK_MIN_BYTES: forked on a local disk
     progress = Stats()
@@ -379,3 +380,13 @@ def test_large_states_on_object_storage_are_written_synchronously_and_say_so(mem
     assert {s.mode for s in progress.stats} == {"sync (object storage)"}
     assert "written synchronously: the checkpoint folder is on object storage" in progress.text("info")
     assert load(KEY, dir=memory_dir)["a"][0] == 2
+
+
+def test_resumable_dir_may_be_a_url(memory_dir, monkeypatch):
+    monkeypatch.setenv("RESUMABLE_DIR", memory_dir)
+    state = {"t": 0}
+    with Resumable(KEY, state, progress=ProgressModel()) as run:
+        for i in run.iterate(range(4)):
+            state["t"] += i
+    assert load(KEY, dir=memory_dir) == {"t": 6}
+    assert [r.key for r in list_runs(memory_dir)] == [KEY]
