@@ -247,7 +247,7 @@ class LocalBackend:
 
     def has_blob(self, name: str, data: bytes | memoryview) -> bool:
         """True when blob ``name`` is stored whole (same size, and its content hashes to its name)."""
-        from .store import digest
+        from .records import digest
 
         target = self.path / "objects" / name
         if not target.exists():

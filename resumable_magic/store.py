@@ -38,8 +38,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import xxhash
-
 from . import trust
 from .errors import (
     CheckpointCorruptError,
@@ -48,81 +46,22 @@ from .errors import (
     OwnershipLostError,
     UntrustedCheckpointError,
 )
+from .records import DIGEST_ALGORITHM as DIGEST_ALGORITHM
+from .records import FORMAT_VERSION as FORMAT_VERSION
+from .records import _canonical as _canonical
+from .records import _check_manifest as _check_manifest
+from .records import _file_sha256, _remember_sha256
+from .records import _sealed as _sealed
+from .records import _unseal as _unseal
+from .records import digest as digest
+from .records import manifest_blobs as manifest_blobs
 from .storage import CRASH_STEPS as CRASH_STEPS
 from .storage import TMP_PREFIX as TMP_PREFIX
 from .storage import RemotePath, Where, backend_for, crash_point, location
 from .storage import listdir as _listdir
-from .storage import read_record_file as _read_record
 
-FORMAT_VERSION = 1
-DIGEST_ALGORITHM = "xxh3_128"
 MANIFEST_RE = re.compile(r"^manifest\.(\d+)\.json$")
 _KEY_PART_RE = re.compile(r"[^A-Za-z0-9._=,+@-]")
-
-
-def digest(data: bytes | memoryview) -> str:
-    """Hex digest used for blob names and checksums."""
-    return xxhash.xxh3_128_hexdigest(data)
-
-
-def _canonical(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-_SIGNED = b"resumable_magic record\n"  # a signature is over this, then the record's canonical JSON
-_sha256_cache: dict[tuple[str, int, int, int, int], str] = {}  # blob files hashed: (name, identity)
-_sha256_put: dict[str, str] = {}  # name -> SHA-256 of the bytes this process stored under that name
-
-
-def _sealed(record: dict[str, Any], blob_sha256: Callable[[str], str] | None = None) -> bytes:
-    """JSON with a checksum over its canonical form, so a torn or edited record is detected, and a
-    signature with the user's key (:mod:`.trust`), so a planted or foreign one is refused.
-
-    A manifest records the SHA-256 of every blob it names in ``blob_sha256``, so that the signature
-    covers the blobs' content: their xxh3 names detect damage, not forgery (xxh3 collisions are easy
-    to construct). The hash is the one the record has, else that of the bytes :meth:`RunStore.put_blob`
-    stored under the name in this process, else (given ``blob_sha256``) that of the stored blob.
-    """
-    body = {k: v for k, v in record.items() if k not in ("checksum", "signature")}
-    if "state" in body:  # a manifest
-        known = body.get("blob_sha256") if isinstance(body.get("blob_sha256"), dict) else {}
-        hashes = {}
-        with contextlib.suppress(CheckpointCorruptError):  # names no blob: nothing to hash
-            for name, _ in manifest_blobs(body):
-                found = known.get(name) or _sha256_put.get(name)
-                if found is None and blob_sha256 is not None:
-                    found = blob_sha256(name)
-                if found is not None:
-                    hashes[name] = found
-        if hashes or "blob_sha256" in body:
-            body["blob_sha256"] = hashes
-    signed = {**body, "signature": trust.sign(_SIGNED + _canonical(body))}
-    return json.dumps(
-        {**signed, "checksum": digest(_canonical(signed))}, indent=1, ensure_ascii=False
-    ).encode()
-
-
-def _remember_sha256(name: str, data: bytes | memoryview) -> None:
-    if len(_sha256_put) > 4096:
-        _sha256_put.clear()
-    _sha256_put[name] = hashlib.sha256(data).hexdigest()
-
-
-def _file_sha256(objects: Path, name: str) -> str:
-    """SHA-256 of blob ``name``, read in chunks; remembered per file, so an unchanged blob is hashed once."""
-    fd = os.open(objects / name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        ident = (name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        found = _sha256_cache.get(ident)
-        if found is None:
-            sha = hashlib.sha256()
-            while chunk := f.read(1 << 20):
-                sha.update(chunk)
-            if len(_sha256_cache) > 4096:
-                _sha256_cache.clear()
-            found = _sha256_cache[ident] = sha.hexdigest()
-    return found
 
 
 def _read_signed_blob(store: RunStore, manifest: dict[str, Any], name: str) -> bytes:
@@ -160,60 +99,6 @@ def _check_folders(store: RunStore) -> None:
     and writable by nobody else (:func:`.trust.check_private`), or nothing in them is loaded."""
     for folder in dict.fromkeys([store.directory, *folders_down(store.directory, store.path), store.objects]):
         trust.check_private(folder, run=store.path, what="checkpoint folder")
-
-
-def _unseal(path: Where, verify: bool = True, raw: bytes | None = None) -> dict[str, Any]:
-    """A sealed record's fields (without its checksum and signature), once its checksum and format
-    check out and, with ``verify``, its owner, mode and signature: otherwise
-    :class:`~resumable_magic.errors.UntrustedCheckpointError`. ``verify=False``: for ``resumable
-    trust``, which re-signs what it verified, and for collection, which keeps what kept manifests name.
-    ``raw``: the record's bytes, read by the caller's backend (else ``path`` is a local file)."""
-    if raw is None:
-        raw = _read_record(path, verify)  # type: ignore[arg-type]
-    if not raw:
-        raise CheckpointCorruptError(path, "the file is empty")
-    try:
-        record = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise CheckpointCorruptError(path, "it is not valid JSON (torn or overwritten)") from None
-    if not isinstance(record, dict) or not isinstance(record.get("checksum"), str):
-        raise CheckpointCorruptError(path, "it has no checksum")
-    body = {k: v for k, v in record.items() if k != "checksum"}
-    try:
-        canonical = _canonical(body)
-    except (ValueError, RecursionError):  # a lone surrogate ("\ud800") parses but cannot be encoded
-        raise CheckpointCorruptError(path, "it holds text that cannot be encoded") from None
-    if digest(canonical) != record["checksum"]:
-        raise CheckpointCorruptError(path, "its checksum does not match its content")
-    version = record.get("format")
-    if version != FORMAT_VERSION:
-        raise CheckpointFormatError(path, version, FORMAT_VERSION)
-    signature = body.pop("signature", None)
-    if verify and not trust.verify(_SIGNED + _canonical(body), signature):
-        raise UntrustedCheckpointError(
-            path, trust.signature_reason(signature), trust.trust_remedy(trust.run_folder(path))
-        )
-    return body
-
-
-_BLOB_NAME_RE = re.compile(r"[0-9a-f]{1,128}")
-_FIELD_TYPES = {"names": list, "inputs": dict, "code": (str, type(None)), "history": (list, type(None))}
-
-
-def _check_manifest(path: Where, manifest: dict[str, Any]) -> None:
-    """The fields readers rely on have their types: a valid checksum over wrong ones (a foreign or
-    buggy writer) is damage too, not a TypeError in a reader later."""
-    position, created = manifest.get("position"), manifest.get("created")
-    if type(position) is not int or position < 0:
-        raise CheckpointCorruptError(path, f"its position {str(position)[:40]!r} is not a count")
-    if type(created) not in (int, float) or not 0 <= created < 1e11:
-        raise CheckpointCorruptError(path, f"its time {str(created)[:40]!r} is not a wall-clock time")
-    for name, _ in manifest_blobs(manifest):
-        if not _BLOB_NAME_RE.fullmatch(name):
-            raise CheckpointCorruptError(path, f"it names a blob {name[:80]!r} that is no digest")
-    for name, kinds in _FIELD_TYPES.items():
-        if name in manifest and not isinstance(manifest[name], kinds):
-            raise CheckpointCorruptError(path, f"its {name!r} is a {type(manifest[name]).__name__}")
 
 
 # -- keys ------------------------------------------------------------------------------------------
@@ -564,21 +449,6 @@ class RunStore:
                 stale = True
             if stale:
                 self.backend.delete("DONE")
-
-
-def manifest_blobs(manifest: dict[str, Any]) -> list[tuple[str, int | None]]:
-    """(digest, size) of every blob a manifest names: the state stream first, then its out-of-band
-    buffers in order; a malformed entry is corruption."""
-    try:
-        entries = [manifest["state"], *manifest.get("buffers", ())]
-        return [
-            (str(entry["digest"]), entry.get("size") if isinstance(entry.get("size"), int) else None)
-            for entry in entries
-        ]
-    except (KeyError, TypeError, AttributeError):
-        raise CheckpointCorruptError(
-            f"manifest generation {manifest.get('generation')}", "it names no state blob"
-        ) from None
 
 
 def pid_alive(pid: int) -> bool:
