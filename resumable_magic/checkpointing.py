@@ -54,7 +54,9 @@ class Checkpointing:
         with self.store.fence():  # a writer that lost the run stops before writing anything
             pass
         state, manifest = self._capture(item, final)
-        refusal = "synchronous checkpoint" if sync else fork_refusal(self._last_size, self.store.local)
+        refusal = (
+            "synchronous checkpoint" if sync else fork_refusal(self._last_size, self.store.backend.forks)
+        )
         self.progress.checkpoint_started(position)
         if refusal is None:
             self._snapshot = Snapshot.start(lambda: self._write(state, manifest, final, child=True), position)
@@ -124,6 +126,7 @@ class Checkpointing:
         if child:
             crash_point("background")
             self.store.fence = self.lease.in_child().fenced
+            self.store.backend = self.store.backend.in_child()  # its own S3 connections
         try:
             encoded = encode_state(state)
         except NotSerializableError:
@@ -142,15 +145,20 @@ class Checkpointing:
             manifest["buffers"].append({"digest": name, "size": buffer.nbytes})
             written += count
         generation = self.store.commit(manifest, keep=self._last_generation)
-        return {
+        result = {
             "generation": generation,
             "written": written,
             "size": encoded.nbytes,
             "created": manifest["created"],
         }
+        if child and not self.store.local:  # the parent need not upload these again
+            result["verified"] = [entry["digest"] for entry in [manifest["state"], *manifest["buffers"]]]
+        return result
 
     def _committed(self, result: dict[str, Any], position: int, blocked: float, *, background: bool) -> int:
         generation = int(result["generation"])
+        for name in result.get("verified") or ():  # blobs a forked writer stored on object storage
+            self.store.backend.mark_verified(str(name))
         self.store.seen_generation = max(self.store.seen_generation, generation)
         self._last_generation, self._last_position, self._last_size = (
             generation,
@@ -173,7 +181,7 @@ class Checkpointing:
                 self._last_size,
                 blocked,
                 int(result["written"]),
-                "background" if background else "sync" if self.store.local else "sync (object storage)",
+                "background" if background else "sync",
             )
         )
         return generation

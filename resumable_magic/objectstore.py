@@ -100,9 +100,18 @@ class FsspecBackend:
         self.root = self.fs._strip_protocol(str(path)).rstrip("/")
         # Compare-and-swap: S3 has conditional PUTs; memory:// is in this process.
         self.conditional = path.protocol in ("s3", "s3a") or path.protocol == "memory"
+        # A forked background writer reaches S3 with its own connections (in_child); memory:// lives
+        # in this process's memory, where a child's writes would never reach the parent.
+        self.forks = path.protocol != "memory"
         # Manifests are written create-only and never changed: the ones this object wrote or read are
         # kept (a commit's collection reads the kept generations' blob lists without a request).
         self._manifests: dict[str, bytes] = {}
+
+    def in_child(self) -> FsspecBackend:
+        """This backend for a forked writer: a fresh file system instance. fsspec makes one in a new
+        process by itself (its instance cache and IO loop are reset after a fork); aiobotocore's
+        sessions and connections must not be shared across a fork."""
+        return FsspecBackend(self.path)
 
     def where(self, name: str = "") -> RemotePath:
         return self.path / name if name else self.path

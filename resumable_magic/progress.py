@@ -110,8 +110,7 @@ class CheckpointStats:
     nbytes: int  # size of the checkpointed state
     seconds: float  # time the loop was blocked by it
     written: int | None = None  # bytes actually written (less when unchanged data was not rewritten)
-    # How it was written: "sync" (the loop waited), "background" (a forked writer), or
-    # "sync (object storage)" (no forked writers on object storage: see snapshot.fork_refusal).
+    # How it was written: "sync" (the loop waited) or "background" (a forked writer, snapshot.py).
     mode: str = "sync"
 
     def written_note(self) -> str:

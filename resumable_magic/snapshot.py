@@ -33,7 +33,7 @@ __all__ = ["FORK_MIN_BYTES", "MEMORY_MARGIN", "Snapshot", "available_memory", "f
 FORK_MIN_BYTES = 64 * 2**20
 MEMORY_MARGIN = 512 * 2**20
 _PR_SET_PDEATHSIG = 1
-_MAX_MESSAGE = 8192
+_MAX_MESSAGE = 1 << 20  # a result names at most the checkpoint's blobs
 
 
 def available_memory() -> int | None:
@@ -48,16 +48,17 @@ def available_memory() -> int | None:
     return None
 
 
-def fork_refusal(state_size: int, local: bool = True) -> str | None:
+def fork_refusal(state_size: int, backend_forks: bool = True) -> str | None:
     """Why a checkpoint of ``state_size`` bytes must be written synchronously; None when it may fork.
 
-    ``$RESUMABLE_BACKGROUND=0`` turns background checkpoints off. ``local=False``: the checkpoint
-    folder is on object storage, where checkpoints are written synchronously: a forked child would
-    need its own connection pool (aiobotocore's does not survive a fork), and ``memory://`` lives in
-    this process's memory, which a child's writes would never reach.
+    ``$RESUMABLE_BACKGROUND=0`` turns background checkpoints off. ``backend_forks=False``: the
+    checkpoint folder is ``memory://``, which lives in this process's memory, where a forked child's
+    writes would never reach.
     """
-    if not local:
-        return "the checkpoint folder is on object storage, where checkpoints are written synchronously"
+    if not backend_forks:
+        return (
+            "the checkpoint folder is memory://, in this process's memory, which a forked writer cannot reach"
+        )
     if os.environ.get("RESUMABLE_BACKGROUND", "").strip().lower() in ("0", "no", "false", "off"):
         return "background checkpoints are off (RESUMABLE_BACKGROUND=0)"
     if sys.platform != "linux" or not hasattr(os, "fork"):

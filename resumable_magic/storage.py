@@ -231,9 +231,14 @@ class LocalBackend:
     local = True
     # Readers check each file's owner and mode (trust.check_private) besides the signature.
     checks_permissions = True
+    forks = True  # a forked background writer (snapshot.py) can write here
 
     def __init__(self, path: Path) -> None:
         self.path = path
+
+    def in_child(self) -> LocalBackend:
+        """This backend for a forked writer: plain files need nothing new."""
+        return self
 
     def where(self, name: str = "") -> Path:
         return self.path / name if name else self.path
@@ -258,6 +263,9 @@ class LocalBackend:
             )
         except OSError:
             return False
+
+    def mark_verified(self, name: str) -> None:
+        """Nothing to remember: :meth:`has_blob` checks the file itself."""
 
     def put_blob(self, name: str, data: bytes | memoryview) -> None:
         write_atomic(self.path / "objects" / name, data, steps=("blob-written", "blob-synced"))

@@ -367,7 +367,7 @@ class Stats(Recorder):
         self.stats.append(stats)
 
 
-def test_large_states_on_object_storage_are_written_synchronously_and_say_so(memory_dir, monkeypatch):
+def test_large_states_in_memory_urls_are_written_synchronously_and_say_so(memory_dir, monkeypatch):
     import numpy as np
 
     monkeypatch.delenv("RESUMABLE_BACKGROUND", raising=False)
@@ -377,8 +377,8 @@ def test_large_states_on_object_storage_are_written_synchronously_and_say_so(mem
         for i in run.iterate(range(3)):
             state["a"][0] = i
     assert run.background_writes == []
-    assert {s.mode for s in progress.stats} == {"sync (object storage)"}
-    assert "written synchronously: the checkpoint folder is on object storage" in progress.text("info")
+    assert {s.mode for s in progress.stats} == {"sync"}
+    assert "written synchronously: the checkpoint folder is memory://" in progress.text("info")
     assert load(KEY, dir=memory_dir)["a"][0] == 2
 
 
@@ -390,3 +390,39 @@ def test_resumable_dir_may_be_a_url(memory_dir, monkeypatch):
             state["t"] += i
     assert load(KEY, dir=memory_dir) == {"t": 6}
     assert [r.key for r in list_runs(memory_dir)] == [KEY]
+
+
+def test_large_states_on_s3_are_written_by_a_forked_writer_with_its_own_connections(s3_bucket, monkeypatch):
+    import numpy as np
+
+    from resumable_magic import snapshot
+
+    if snapshot.fork_refusal(65 * 2**20) is not None:  # not Linux, or too little memory here
+        pytest.fail(
+            f"background checkpoints are refused on this machine: {snapshot.fork_refusal(65 * 2**20)}"
+        )
+    monkeypatch.delenv("RESUMABLE_BACKGROUND", raising=False)
+    ckpt = f"s3://{s3_bucket}/fork"
+    big = np.random.default_rng(1).random(65 * 2**20 // 8)
+    state = {"a": big, "n": 0}
+    progress = Stats()
+    other = big + 1.0
+    with Resumable(KEY, state, dir=ckpt, every="1it", progress=progress) as run:
+        for i in run.iterate(range(4)):
+            state["n"] = i
+            if i == 1:
+                state["a"] = other  # uploaded by the writer forked at position 2, and only by it
+            if run._snapshot is not None:
+                run._snapshot.wait(120)  # each background writer finishes before the next boundary
+    stats = progress.stats
+    uploads = [k for k, st in enumerate(stats) if st.written >= 64 * 2**20]
+    assert uploads[0] == 0 and stats[0].mode == "sync"  # the first checkpoint: the array
+    assert len(uploads) == 2 and stats[uploads[1]].mode == "background", stats  # the new one, by a child
+    # ... which the parent learnt: no later checkpoint (the final one is the parent's own) uploads it
+    later = stats[uploads[1] + 1 :]
+    assert later and later[-1].mode == "sync" and all(st.written < 2**20 for st in later), stats
+    assert all(st.seconds < stats[0].seconds for st in stats if st.mode == "background")  # the loop's stall
+    assert len(run.background_writes) == sum(st.mode == "background" for st in stats) >= 2
+    assert "written by a background process" in progress.text("info")
+    loaded = load(KEY, dir=ckpt)
+    assert loaded["n"] == 3 and np.array_equal(loaded["a"], other)
