@@ -346,6 +346,8 @@ def test_s3_cli_status_show_gc_rm(s3_bucket, tmp_path):
     out = resumable("rm", "--dir", ckpt, KEY)
     assert out.returncode == 0 and f"removed {KEY}" in out.stdout, out.stderr
     assert list_runs(ckpt) == []
+    out = resumable("trust", ckpt)
+    assert out.returncode == 1 and "trusted by their signature alone" in out.stderr, out.stderr
     out = resumable("status", "--dir", "nosuchproto://x")
     assert out.returncode == 1 and "nosuchproto" in out.stderr and "Traceback" not in out.stderr
 
