@@ -95,6 +95,34 @@ def machine() -> dict[str, Any]:
     }
 
 
+def headline(
+    figure: str,
+    ratio: float | None,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    baseline: str,
+    target: str = "",
+    met: bool | None = None,
+    note: str = "",
+) -> dict[str, Any]:
+    """One row of the summary table ``benchmarks/run_all.py`` prints: a figure as a ratio to its
+    baseline from the same run (median, with min and max over rounds), its target, whether it met it.
+
+    Each benchmark puts its rows in its JSON artifact under ``"headlines"``.
+    """
+    return {
+        "figure": figure,
+        "ratio": ratio,
+        "min": low,
+        "max": high,
+        "baseline": baseline,
+        "target": target,
+        "met": met,
+        "note": note,
+    }
+
+
 def write_json(name: str, payload: dict[str, Any]) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / name
