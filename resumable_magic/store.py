@@ -23,7 +23,6 @@ than any it knew, raises :class:`~resumable_magic.errors.OwnershipLostError` ins
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -37,9 +36,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import xxhash
-
 from . import trust
+from .blobs import (
+    MMAP_MIN,
+    STRONG_HASH,
+    Alongside,
+    ReadBlob,
+    digest,
+    file_hashes,
+    read_blob_file,
+    strong_hash,
+)
 from .errors import (
     CheckpointCorruptError,
     CheckpointFormatError,
@@ -53,11 +60,6 @@ DIGEST_ALGORITHM = "xxh3_128"
 MANIFEST_RE = re.compile(r"^manifest\.(\d+)\.json$")
 TMP_PREFIX = ".tmp-"
 _KEY_PART_RE = re.compile(r"[^A-Za-z0-9._=,+@-]")
-
-
-def digest(data: bytes | memoryview) -> str:
-    """Hex digest used for blob names and checksums."""
-    return xxhash.xxh3_128_hexdigest(data)
 
 
 # -- test-only crash points ------------------------------------------------------------------------
@@ -105,10 +107,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, data: bytes, steps: tuple[str, str] | None = None) -> None:
+def _write_atomic(
+    path: Path,
+    data: bytes | memoryview,
+    steps: tuple[str, str] | None = None,
+    alongside: Alongside | None = None,
+) -> None:
     """tmp -> write -> fsync -> rename over ``path``. The caller fsyncs the directory.
 
-    ``steps`` names the crash points after the write and after the fsync (tests only).
+    ``steps`` names the crash points after the write and after the fsync (tests only). ``alongside``:
+    a hash computed while the data is written, awaited before the rename (its failure stops it).
     """
     tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -122,6 +130,8 @@ def _write_atomic(path: Path, data: bytes, steps: tuple[str, str] | None = None)
             os.fsync(fd)
         finally:
             os.close(fd)
+            if alongside is not None:
+                alongside.join()
         if steps:
             _crash_point(steps[1])
         os.replace(tmp, path)
@@ -136,59 +146,54 @@ def _canonical(obj: dict[str, Any]) -> bytes:
 
 
 _SIGNED = b"resumable_magic record\n"  # a signature is over this, then the record's canonical JSON
-_sha256_cache: dict[tuple[str, int, int, int, int], str] = {}  # blob files hashed: (name, identity)
-_sha256_put: dict[str, str] = {}  # name -> SHA-256 of the bytes this process stored under that name
+_strong_put: dict[str, str] = {}  # name -> BLAKE3 of the bytes this process stored under that name
+_verified: set[tuple[str, int, int, int, int]] = set()  # blob files whose content matched their name
+BLOB_HASHES = f"blob_{STRONG_HASH}"  # the manifest field: {blob name: its BLAKE3}
 
 
 def _sealed(record: dict[str, Any], objects: Path | None = None) -> bytes:
     """JSON with a checksum over its canonical form, so a torn or edited record is detected, and a
     signature with the user's key (:mod:`.trust`), so a planted or foreign one is refused.
 
-    A manifest records the SHA-256 of every blob it names in ``blob_sha256``, so that the signature
+    A manifest records the BLAKE3 of every blob it names (:data:`BLOB_HASHES`), so that the signature
     covers the blobs' content: their xxh3 names detect damage, not forgery (xxh3 collisions are easy
     to construct). The hash is the one the record has, else that of the bytes :meth:`RunStore.put_blob`
     stored under the name in this process, else (given ``objects``) that of the file.
     """
     body = {k: v for k, v in record.items() if k not in ("checksum", "signature")}
     if "state" in body:  # a manifest
-        known = body.get("blob_sha256") if isinstance(body.get("blob_sha256"), dict) else {}
+        known = body.get(BLOB_HASHES) if isinstance(body.get(BLOB_HASHES), dict) else {}
         hashes = {}
-        with contextlib.suppress(CheckpointCorruptError):  # names no blob: nothing to hash
+        with contextlib.suppress(CheckpointCorruptError, OSError):  # names no blob: nothing to hash
             for name, _ in manifest_blobs(body):
-                found = known.get(name) or _sha256_put.get(name)
+                found = known.get(name) or _strong_put.get(name)
                 if found is None and objects is not None:
-                    found = _file_sha256(objects, name)
+                    found = file_hashes(objects / name)[1]
                 if found is not None:
                     hashes[name] = found
-        if hashes or "blob_sha256" in body:
-            body["blob_sha256"] = hashes
+        if hashes or BLOB_HASHES in body:
+            body[BLOB_HASHES] = hashes
     signed = {**body, "signature": trust.sign(_SIGNED + _canonical(body))}
     return json.dumps(
         {**signed, "checksum": digest(_canonical(signed))}, indent=1, ensure_ascii=False
     ).encode()
 
 
-def _remember_sha256(name: str, data: bytes | memoryview) -> None:
-    if len(_sha256_put) > 4096:
-        _sha256_put.clear()
-    _sha256_put[name] = hashlib.sha256(data).hexdigest()
+def _remember(cache: dict[str, str] | set[Any], item: Any, value: str | None = None) -> None:
+    if len(cache) > 4096:
+        cache.clear()
+    if isinstance(cache, dict):
+        cache[item] = value
+    else:
+        cache.add(item)
 
 
-def _file_sha256(objects: Path, name: str) -> str:
-    """SHA-256 of blob ``name``, read in chunks; remembered per file, so an unchanged blob is hashed once."""
-    fd = os.open(objects / name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        ident = (name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        found = _sha256_cache.get(ident)
-        if found is None:
-            sha = hashlib.sha256()
-            while chunk := f.read(1 << 20):
-                sha.update(chunk)
-            if len(_sha256_cache) > 4096:
-                _sha256_cache.clear()
-            found = _sha256_cache[ident] = sha.hexdigest()
-    return found
+def _file_identity(path: Path) -> tuple[str, int, int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _read_record(path: Path, verify: bool) -> bytes:
@@ -211,24 +216,26 @@ def _read_record(path: Path, verify: bool) -> bytes:
             raise CheckpointCorruptError(path, f"cannot be read ({exc.strerror})") from None
 
 
-def _read_signed_blob(store: RunStore, manifest: dict[str, Any], name: str) -> bytes:
-    """Blob ``name``'s bytes for unpickling: the user's own private file, holding exactly the content
-    whose SHA-256 the signed ``manifest`` records (a blob with the right xxh3 name is not enough)."""
+def _read_signed_blob(store: RunStore, manifest: dict[str, Any], name: str) -> bytearray | Any:
+    """Blob ``name``'s bytes for unpickling (writable): the user's own private file, holding exactly the
+    content whose BLAKE3 the signed ``manifest`` records (a blob with the right xxh3 name is not enough)."""
     path = store.objects / name
-    trust.check_private(path, run=store.path)
-    data = store.read_blob(name)
-    hashes = manifest.get("blob_sha256")
+    hashes = manifest.get(BLOB_HASHES)
     expected = hashes.get(name) if isinstance(hashes, dict) else None
     if not isinstance(expected, str):
-        reason = "its manifest records no SHA-256 of it, so the manifest's signature does not cover it"
-        raise UntrustedCheckpointError(path, reason, trust.trust_remedy(store.path))
-    if hashlib.sha256(data).hexdigest() != expected:
         reason = (
-            "it is not the content its signed manifest names (the SHA-256 differs): it was replaced "
-            "after the checkpoint was written"
+            f"its manifest records no {STRONG_HASH.upper()} hash of it, so the manifest's signature "
+            f"does not cover it"
         )
         raise UntrustedCheckpointError(path, reason, trust.trust_remedy(store.path))
-    return data
+    blob = store.read_blob(name, check=lambda st: trust.check_private(path, st, run=store.path))
+    if blob.strong != expected:
+        reason = (
+            f"it is not the content its signed manifest names (the {STRONG_HASH.upper()} hash differs): "
+            f"it was replaced after the checkpoint was written"
+        )
+        raise UntrustedCheckpointError(path, reason, trust.trust_remedy(store.path))
+    return blob.data
 
 
 def _folders_down(top: Path, path: Path) -> list[Path]:
@@ -321,8 +328,9 @@ class Checkpoint:
 
     generation: int
     manifest: dict[str, Any]
-    state: bytes = field(repr=False, default=b"")
-    buffers: tuple[bytes, ...] = field(repr=False, default=())  # out-of-band buffers, in order
+    state: bytes | bytearray = field(repr=False, default=b"")
+    # Out-of-band buffers, in order: writable (bytearray or anonymous mmap), so arrays restore uncopied.
+    buffers: tuple[Any, ...] = field(repr=False, default=())
 
     @property
     def position(self) -> int:
@@ -367,21 +375,32 @@ class RunStore:
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def put_blob(self, data: bytes | memoryview) -> tuple[str, int]:
-        """Store ``data`` under its digest; return (digest, bytes written: 0 when it was already there)."""
+        """Store ``data`` under its digest; return (digest, bytes written: 0 when it was already there).
+
+        A blob already there is read back and checked once per process (then known by its file's
+        identity), so an unchanged 1 GiB array costs its xxh3 digest, not a read, at each checkpoint.
+        Its BLAKE3, for the signed manifest, is computed while it is written (or once, if it was there).
+        """
         name = digest(data)
-        _remember_sha256(name, data)  # for the signed manifest that will name it
         target = self.objects / name
-        if target.exists():
-            try:
-                if (
-                    target.stat().st_size == len(memoryview(data).cast("B"))
-                    and digest(target.read_bytes()) == name
-                ):
-                    return name, 0
-            except OSError:
-                pass
-        _write_atomic(target, data, steps=("blob-written", "blob-synced"))
-        return name, memoryview(data).nbytes
+        known = _strong_put.get(name)
+        ident = _file_identity(target)
+        if ident is not None:
+            if ident not in _verified:
+                with contextlib.suppress(OSError):
+                    if file_hashes(target)[0] == name:
+                        _remember(_verified, ident)
+            if ident in _verified:
+                _remember(_strong_put, name, known or strong_hash(data))
+                return name, 0
+        size = memoryview(data).nbytes
+        if known is None and size < MMAP_MIN:
+            known = strong_hash(data)  # small: faster than starting a thread
+        alongside = Alongside(data) if known is None else None
+        _write_atomic(target, data, steps=("blob-written", "blob-synced"), alongside=alongside)
+        _remember(_strong_put, name, known or alongside.result)
+        _remember(_verified, _file_identity(target))
+        return name, size
 
     def commit(self, manifest: dict[str, Any], keep: int | None = None) -> int:
         """Write the manifest as the next generation, durably; then drop all but it and ``keep``.
@@ -490,17 +509,19 @@ class RunStore:
             return ReadResult(Checkpoint(generation, manifest, state, buffers), problems)
         return ReadResult(None, problems)
 
-    def read_blob(self, name: str) -> bytes:
+    def read_blob(self, name: str, check: Callable[[os.stat_result], None] | None = None) -> ReadBlob:
+        """Blob ``name`` read whole and checked against its name (and hashed for the signature);
+        ``check`` runs on the open file's stat first."""
         path = self.objects / str(name)
         try:
-            data = path.read_bytes()
+            blob = read_blob_file(path, check)
         except FileNotFoundError:
             raise CheckpointCorruptError(path, "it is missing") from None
         except OSError as exc:
             raise CheckpointCorruptError(path, f"cannot be read ({exc.strerror})") from None
-        if digest(data) != name:
+        if blob.name != name:
             raise CheckpointCorruptError(path, "its checksum does not match its content")
-        return data
+        return blob
 
     def _check_blobs(self, manifest: dict[str, Any]) -> None:
         for name, size in manifest_blobs(manifest):
