@@ -182,6 +182,10 @@ def adaptive_loop(root: Path, seconds: float, size: int, resumable: bool) -> dic
     elapsed = time.perf_counter() - started
     walls = [s.wall_time for s in progress.stats]
     gaps = [b - a for a, b in itertools.pairwise(walls)]
+    # Mid-run checkpoints (background writes) over the time they span: what an hours-long run pays.
+    # The first and the final checkpoints are synchronous; a short run is dominated by them.
+    mid = progress.stats[1:-1]
+    span = walls[-2] - walls[0] if len(walls) > 2 else 0.0
     shutil.rmtree(root / "adaptive")
     return {
         "seconds": elapsed,
@@ -190,6 +194,8 @@ def adaptive_loop(root: Path, seconds: float, size: int, resumable: bool) -> dic
         "longest_gap_s": max(gaps, default=0.0),
         "blocked_s": sum(s.seconds for s in progress.stats),
         "reported_overhead": progress.snapshot().overhead,
+        "first_and_final_blocked_s": sum(s.seconds for s in progress.stats[:1] + progress.stats[-1:]),
+        "steady_overhead": sum(s.seconds for s in mid) / span if span else None,
     }
 
 
@@ -253,7 +259,8 @@ def main() -> None:
             met=adaptive["ratio"] <= 1.02,
             note=(
                 f"{ours['checkpoints']} checkpoints, longest gap {ours['longest_gap_s']:.0f} s, "
-                f"reported overhead {ours['reported_overhead']:.2%}"
+                f"reported overhead {ours['reported_overhead']:.2%} (first and final, synchronous: "
+                f"{ours['first_and_final_blocked_s']:.2f} s; mid-run: {ours['steady_overhead'] or 0:.2%})"
             ),
         )
     )
