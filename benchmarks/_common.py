@@ -1,8 +1,10 @@
-"""Shared by the benchmarks: interleaved repeated timing, ratio tables, JSON artifacts.
+"""Shared by the benchmarks: interleaved repeated timing, ratio tables, headline rows, JSON artifacts.
 
 Timings on a shared machine are noisy, so every figure is a ratio against a baseline measured in the
 same run: the contenders of one case run round-robin (baseline, a, b, baseline, a, b, ...) and each
-one's median is divided by the baseline's median.
+one's median is divided by the baseline's median. The headline rows of the summary table
+(``benchmarks/run_all.py``) take the median and min-max of the per-round ratios instead: round i of
+both ran back to back, under the same load.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO / "ci-artifacts" / "bench"
+# run_all.py --quick and the smoke test point this elsewhere, so tiny runs never overwrite full figures.
+ARTIFACTS = Path(os.environ.get("RESUMABLE_BENCH_ARTIFACTS") or REPO / "ci-artifacts" / "bench")
 GIB = 1 << 30
 MIB = 1 << 20
 
@@ -95,11 +98,86 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write_json(name: str, payload: dict[str, Any]) -> Path:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+def headline(
+    figure: str,
+    ratio: float | None,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    baseline: str,
+    target: str = "",
+    met: bool | None = None,
+    note: str = "",
+) -> dict[str, Any]:
+    """One row of the summary table ``benchmarks/run_all.py`` prints: a figure as a ratio to its
+    baseline from the same run (median, with min and max over rounds), its target, whether it met it.
+
+    Each benchmark puts its rows in its JSON artifact under ``"headlines"``.
+    """
+    return {
+        "figure": figure,
+        "ratio": ratio,
+        "min": low,
+        "max": high,
+        "baseline": baseline,
+        "target": target,
+        "met": met,
+        "note": note,
+    }
+
+
+def _target(at_most: float | None, below: float | None) -> str:
+    if at_most is not None:
+        return f"<= {at_most:g}"
+    return f"< {below:g}" if below is not None else ""
+
+
+def ratio_headline(
+    figure: str,
+    samples: Sequence[float],
+    *,
+    baseline: str,
+    at_most: float | None = None,
+    below: float | None = None,
+    note: str = "",
+) -> dict[str, Any]:
+    """A headline from per-round ratios: their median, min and max; met if the median is within the target
+    (``at_most``: <=, ``below``: <). No samples (the contender failed or is missing): ratio None."""
+    if not samples:
+        return headline(figure, None, baseline=baseline, target=_target(at_most, below), note=note)
+    median = statistics.median(samples)
+    met = None
+    if at_most is not None:
+        met = median <= at_most
+    elif below is not None:
+        met = median < below
+    return headline(
+        figure,
+        median,
+        min(samples),
+        max(samples),
+        baseline=baseline,
+        target=_target(at_most, below),
+        met=met,
+        note=note,
+    )
+
+
+def per_round(results: dict[str, dict[str, Any]], name: str, baseline: str) -> list[float]:
+    """Per-round ratios name / baseline from :func:`measure` (rounds are interleaved, so round i of
+    both ran back to back under the same load); empty if either one failed."""
+    ours, base = results.get(name, {}).get("wall_all_s"), results.get(baseline, {}).get("wall_all_s")
+    if not ours or not base:
+        return []
+    return [a / b for a, b in zip(ours, base, strict=True)]
+
+
+def write_json(name: str | Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` (plus the machine) to ``name`` under ``ARTIFACTS`` (or to ``name`` if absolute)."""
     path = ARTIFACTS / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=str))
-    print(f"\nwrote {path.relative_to(REPO)}")
+    print(f"\nwrote {path}")
     return path
 
 

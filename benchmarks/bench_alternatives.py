@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import MIB, measure, print_table, ratios, versions, write_json
+from _common import MIB, measure, per_round, print_table, ratio_headline, ratios, versions, write_json
 
 from resumable_magic import Resumable
 from resumable_magic.progress import TextProgress
@@ -233,6 +233,31 @@ def contenders(state: dict[str, Any], root: Path, optional: dict[str, Any]) -> d
     return runs
 
 
+HEADLINED = ("ours", "dill.dump_session", "%store", "kishu", "loopz")
+
+
+def headlines_of(state: str, table: dict[str, Any] | None, baseline: str, missing: dict[str, str]) -> list:
+    """One checkpoint of ``state``: ours and each alternative against the hand-written pickle (or the raw
+    write where pickle cannot), per-round ratios; a left-out contender says why."""
+    label = {"pickle": "pickle.dump+fsync", "raw write": "raw write+fsync"}[baseline]
+    if table is None:
+        return [ratio_headline(f"checkpoint {state}", [], baseline=label, note="pandas not installed")]
+    rows = []
+    for name in HEADLINED:
+        if name in missing:
+            why = missing[name]  # "ModuleNotFoundError: ...", or %store's "pickleshare is not installed"
+            absent = why.startswith(("ModuleNotFoundError", "ImportError")) or "not installed" in why
+            note = "not installed" if absent else f"left out: {why}"
+        else:
+            note = table[name].get("error") or table[name].get("note", "")
+        rows.append(
+            ratio_headline(
+                f"checkpoint {state}: {name}", per_round(table, name, baseline), baseline=label, note=note
+            )
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -266,6 +291,7 @@ def main() -> None:
             optional["%store"].shell.db.clear()
 
     results: dict[str, Any] = {}
+    headlines: list[dict[str, Any]] = []
     try:
         for name in args.states.split(","):
             if name == "dataframe":
@@ -273,6 +299,7 @@ def main() -> None:
                     import pandas  # noqa: F401
                 except ImportError:
                     print("\n[dataframe] skipped: pandas is not installed")
+                    headlines += headlines_of(name, None, "pickle", missing)
                     continue
             state = build(name, args)
             table = measure(contenders(state, root, optional), args.rounds, after=cleanup)
@@ -287,6 +314,7 @@ def main() -> None:
             size = len(encode_state(state).stream) + sum(b.nbytes for b in encode_state(state).buffers)
             print_table(f"[{name}] one checkpoint, {size / MIB:.1f} MiB", table, baseline)
             results[name] = {"bytes": size, "baseline": baseline, "results": table}
+            headlines += headlines_of(name, table, baseline, missing)
             shutil.rmtree(root / "unchanged", ignore_errors=True)
             sys.stdout.flush()
     finally:
@@ -298,6 +326,7 @@ def main() -> None:
             "left_out": missing,
             "versions": versions("numpy", "dill", "cloudpickle", "pandas", "IPython", "kishu", "loopz"),
             "states": results,
+            "headlines": headlines,
         },
     )
 

@@ -14,16 +14,15 @@ loop with the same body within 1.5x; a loop whose body takes ~10 us within 1.01x
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import REPO, ratio_headline, write_json
+
 sys.path.insert(0, str(REPO / "tests"))
 
-from kernels import start_kernel  # noqa: E402  (the tests' kernel harness)
+from kernels import start_kernel  # the tests' kernel harness
 
 CASES = {
     # name: (setup, loop, iterations divisor, target)
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=10_000_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run (CI)")
-    parser.add_argument("--json", type=Path, default=REPO / "ci-artifacts" / "bench" / "loop.json")
+    parser.add_argument("--json", default="loop.json", help="file name under ci-artifacts/bench, or a path")
     args = parser.parse_args(argv)
     if args.quick:
         args.iterations, args.rounds = 20_000, 2
@@ -110,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                         "ratio_min": min(ratios),
                         "ratio_max": max(ratios),
                         "target": target,
+                        "ratios": ratios,
                     }
                 )
         finally:
@@ -122,8 +122,18 @@ def main(argv: list[str] | None = None) -> int:
             f"  {row['case']:38s} {row['ratio_median']:.3f} [{row['ratio_min']:.3f}-{row['ratio_max']:.3f}]"
             f"  plain {row['plain_ns_per_iteration']:8.1f} ns/it  ({target})"
         )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=1))
+    headlines = [
+        ratio_headline(
+            f"loop overhead: {row['case']}",
+            row["ratios"],
+            baseline="the plain cell",
+            at_most=row["target"],
+            note=f"{row['iterations']:,} iterations, plain {row['plain_ns_per_iteration']:.0f} ns/it",
+        )
+        for row in report
+        if row["target"] is not None
+    ]
+    write_json(args.json, {"args": vars(args), "cases": report, "headlines": headlines})
     return 0
 
 

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from _common import GIB, MIB, measure, print_table, ratios, versions, write_json
+from _common import GIB, MIB, measure, per_round, print_table, ratio_headline, ratios, versions, write_json
 
 from resumable_magic.serialize import buffer_digest, decode_state, dumps_state, encode_state, loads_state
 
@@ -177,6 +177,21 @@ def digest_speed(args: argparse.Namespace) -> dict[str, Any]:
     return {"bytes": array.nbytes, "seconds": timing["xxh3_128"]["wall_s"], "gib_per_s": speed}
 
 
+def headline_of(case: str, result: dict[str, Any] | None) -> dict[str, Any]:
+    """ours / pickle of one case's dump (target <= 1.1); notebook code has no pickle: ours / dill."""
+    figure = f"serialise {case}: ours / {'dill' if case == 'notebook' else 'pickle'}"
+    if result is None:
+        return ratio_headline(figure, [], baseline="pickle.dumps", note="pandas not installed")
+    dumps, baseline = result["dump"], result["baseline"]
+    return ratio_headline(
+        figure,
+        per_round(dumps, "ours", baseline),
+        baseline=f"{baseline}.dumps",
+        at_most=1.1 if baseline == "pickle" else None,
+        note=dumps["ours"].get("error") or f"{result['what']}; cpu {dumps['ours'].get('ratio_cpu', 0):.2f}",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -188,6 +203,7 @@ def main() -> None:
     parser.add_argument("--out", default="serialize.json")
     args = parser.parse_args()
     results: dict[str, Any] = {}
+    headlines = []
     for case in args.cases.split(","):
         if case == "dataframe":
             try:
@@ -196,8 +212,10 @@ def main() -> None:
                 print(
                     "\n[dataframe] skipped: pandas is not installed (pip install -r benchmarks/requirements.txt)"
                 )
+                headlines.append(headline_of(case, None))
                 continue
         results[case] = run_case(case, args)
+        headlines.append(headline_of(case, results[case]))
         sys.stdout.flush()
     results["digest"] = digest_speed(args)
     write_json(
@@ -206,6 +224,7 @@ def main() -> None:
             "args": vars(args),
             "versions": versions("numpy", "dill", "cloudpickle", "pandas"),
             "cases": results,
+            "headlines": headlines,
         },
     )
 

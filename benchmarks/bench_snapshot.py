@@ -15,21 +15,19 @@ its serialisation buffers).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
+from _common import MIB, REPO, ratio_headline, write_json
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from resumable_magic import Resumable  # noqa: E402
-from resumable_magic.progress import ProgressModel  # noqa: E402
+from resumable_magic import Resumable
+from resumable_magic.progress import ProgressModel
 
 
 class Stalls(ProgressModel):
@@ -69,9 +67,35 @@ def one_run(mode: str, size_mb: int, seconds: float, every: str, rewrite: bool) 
             "stall_median": statistics.median(stalls) if stalls else None,
             "stall_min": min(stalls, default=None),
             "stall_max": max(stalls, default=None),
+            "stalls": stalls,
             "writer_seconds": [w["seconds"] for w in run.background_writes],
             "copied_bytes": [w["private"] for w in run.background_writes],
         }
+
+
+def headlines(args: argparse.Namespace, sync: dict, fork: dict) -> list[dict]:
+    """The stall ratio and the memory a background writer copied (a share of the state). One run per
+    mode, no rounds: min-max are over the background run's checkpoints, each against the sync median."""
+    note = f"{args.size_mb} MiB state, every {args.every}{', --rewrite' if args.rewrite else ''}"
+    stalls = [s / sync["stall_median"] for s in fork["stalls"]] if sync["stall_median"] else []
+    copied = [c / (args.size_mb * MIB) for c in fork["copied_bytes"] if c is not None]
+    return [
+        ratio_headline(
+            "snapshot stall: background / synchronous",
+            stalls,
+            baseline="synchronous checkpoint",
+            below=0.1,
+            note=f"{note}; {len(fork['stalls'])} / {len(sync['stalls'])} mid-run checkpoints",
+        ),
+        ratio_headline(
+            "snapshot: memory a background writer copied",
+            copied,
+            baseline="the state's size",
+            note=f"median {statistics.median(copied) * args.size_mb:.0f} MiB"
+            if copied
+            else "no background write",
+        ),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", default="1s")
     parser.add_argument("--rewrite", action="store_true")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 96 MiB, 2 s")
-    parser.add_argument("--json", type=Path, default=REPO / "ci-artifacts" / "bench" / "snapshot.json")
+    parser.add_argument(
+        "--json", default="snapshot.json", help="file name under ci-artifacts/bench, or a path"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.size_mb, args.seconds, args.every = 96, 2.0, "0.3s"
@@ -111,8 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     if ratio is not None:
         print(f"  stall background / synchronous = {ratio:.3f} (target < 0.10)")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"size_mb": args.size_mb, "runs": runs, "ratio": ratio}, indent=1))
+    write_json(
+        args.json,
+        {"size_mb": args.size_mb, "runs": runs, "ratio": ratio, "headlines": headlines(args, sync, fork)},
+    )
     return 0
 
 

@@ -5,8 +5,9 @@ the loop stops, and call ``run._boundary(item)`` only when a checkpoint may be d
 flag, raised by its timer thread or a signal, or an iteration-policy checkpoint at ``_next_at``):
 
 - :func:`chunks`: a ``list``, ``tuple`` or ``range``, consumed through ``islice`` chunks of its own
-  iterator (the caller chains them with ``itertools.chain.from_iterable``): no Python code runs per
-  item; the iterator's index gives the position. Chunks are sized to ~2 ms of iterations.
+  iterator, or a range's sub-ranges (the caller chains them with ``itertools.chain.from_iterable``):
+  no Python code runs per item; the iterator's index gives the position. Chunks are sized to ~2 ms
+  of iterations.
 - :func:`counted`: iteration numbers for a rewritten ``while`` loop, in ``range`` chunks; the loop
   stores the current number in its namespace, which gives the position where it stops.
 - :func:`per_item`: any other iterable, one generator step per item (~50 ns).
@@ -51,15 +52,21 @@ def per_item(run: LoopRun, iterator: Iterator[Any]) -> Iterator[Any]:
 
 
 def chunks(run: LoopRun, iterator: Iterator[Any], sequence: Sequence[Any]) -> Iterator[Iterator[Any]]:
-    """``islice`` chunks of a list/tuple/range iterator, with boundaries between them."""
+    """Chunks of a list/tuple/range, with boundaries between them: ``islice`` chunks of a list's or
+    tuple's own iterator (which sees the list change, as a plain loop does), and a range's sub-ranges
+    (immutable, so equivalent; C code only, ~8% faster than ``islice`` per trivial iteration)."""
     position, size = run.position, 1
+    ranged = isinstance(sequence, range)
+    offset = 0  # the index in ``sequence`` of the first item of ``iterator``
     try:
         while True:
             length = _chunk_length(run, position, size)
+            if ranged:
+                iterator, offset = iter(sequence[position : position + length]), position
             started = time.perf_counter()
-            yield islice(iterator, length)
+            yield iterator if ranged else islice(iterator, length)
             elapsed = time.perf_counter() - started
-            index = iterator_index(iterator)
+            index = _sequence_index(iterator, offset)
             if index is None or index == position:  # exhausted
                 position = len(sequence) if index is None else index
                 return
@@ -69,11 +76,16 @@ def chunks(run: LoopRun, iterator: Iterator[Any], sequence: Sequence[Any]) -> It
             size = _next_chunk_size(size, length, elapsed)
     except GeneratorExit:
         # Stopped inside a chunk (break, an exception): the item in progress did not complete.
-        index = iterator_index(iterator)
+        index = _sequence_index(iterator, offset)
         position = (len(sequence) if index is None else index) - 1
         raise
     finally:
         run.position = position
+
+
+def _sequence_index(iterator: Iterator[Any], offset: int) -> int | None:
+    index = iterator_index(iterator)
+    return None if index is None else offset + index
 
 
 def counted(run: LoopRun, namespace: Mapping[str, Any], counter: str) -> Iterator[range]:

@@ -34,6 +34,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from .blobs import ReadBlob, digest, strong_hash
 from .errors import CheckpointCorruptError, OwnershipLostError, ResumableError, RunOwnedError
 from .lease import LEASE_FILE, Lease, describe_owner
 from .storage import RemotePath
@@ -134,7 +135,8 @@ class FsspecBackend:
         except (OSError, KeyError, ValueError):
             return False
 
-    def put_blob(self, name: str, data: bytes | memoryview) -> None:
+    def put_blob(self, name: str, data: bytes | memoryview, alongside: Any = None) -> None:
+        # ``alongside`` (a hash computed meanwhile) is awaited by the caller: nothing is renamed here.
         path = self._p(f"objects/{name}")
         view = memoryview(data)
         self.fs.pipe_file(path, view.tobytes() if not isinstance(data, bytes) else data)
@@ -143,8 +145,10 @@ class FsspecBackend:
     def mark_verified(self, name: str) -> None:
         _VERIFIED.add((self.path.protocol, self._p(f"objects/{name}")))
 
-    def read_blob(self, name: str) -> bytes:
-        return self._read(f"objects/{name}")
+    def read_blob(self, name: str, check: Any = None) -> ReadBlob:
+        """The blob and its hashes (``check``, a local file's stat check, has nothing to check here)."""
+        data = self._read(f"objects/{name}")
+        return ReadBlob(data, digest(data), strong_hash(data))
 
     # -- records ----------------------------------------------------------------------------------------
     def put_record(

@@ -3,23 +3,20 @@ manifests and completion records, and the checks a manifest's fields must pass.
 
 Split out of :mod:`.store`, which re-exports these names: the store decides which files a run has
 and when they are written; this module says what a valid record is. No I/O here but reading a local
-record file when no bytes are given (:func:`_unseal`) and hashing a local blob (:func:`_file_sha256`).
+record file when no bytes are given (:func:`_unseal`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import os
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import xxhash
-
 from . import trust
+from .blobs import STRONG_HASH
+from .blobs import digest as digest
 from .errors import CheckpointCorruptError, CheckpointFormatError, UntrustedCheckpointError
 from .storage import Where
 from .storage import read_record_file as _read_record
@@ -28,69 +25,47 @@ FORMAT_VERSION = 1
 DIGEST_ALGORITHM = "xxh3_128"
 
 
-def digest(data: bytes | memoryview) -> str:
-    """Hex digest used for blob names and checksums."""
-    return xxhash.xxh3_128_hexdigest(data)
-
-
 def _canonical(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 _SIGNED = b"resumable_magic record\n"  # a signature is over this, then the record's canonical JSON
-_sha256_cache: dict[tuple[str, int, int, int, int], str] = {}  # blob files hashed: (name, identity)
-_sha256_put: dict[str, str] = {}  # name -> SHA-256 of the bytes this process stored under that name
+_strong_put: dict[str, str] = {}  # name -> BLAKE3 of the bytes this process stored under that name
+BLOB_HASHES = f"blob_{STRONG_HASH}"  # the manifest field: {blob name: its BLAKE3}
 
 
-def _sealed(record: dict[str, Any], blob_sha256: Callable[[str], str] | None = None) -> bytes:
+def _sealed(record: dict[str, Any], blob_hash: Callable[[str], str] | None = None) -> bytes:
     """JSON with a checksum over its canonical form, so a torn or edited record is detected, and a
     signature with the user's key (:mod:`.trust`), so a planted or foreign one is refused.
 
-    A manifest records the SHA-256 of every blob it names in ``blob_sha256``, so that the signature
+    A manifest records the BLAKE3 of every blob it names (:data:`BLOB_HASHES`), so that the signature
     covers the blobs' content: their xxh3 names detect damage, not forgery (xxh3 collisions are easy
     to construct). The hash is the one the record has, else that of the bytes :meth:`RunStore.put_blob`
-    stored under the name in this process, else (given ``blob_sha256``) that of the stored blob.
+    stored under the name in this process, else (given ``blob_hash``) that of the stored blob.
     """
     body = {k: v for k, v in record.items() if k not in ("checksum", "signature")}
     if "state" in body:  # a manifest
-        known = body.get("blob_sha256") if isinstance(body.get("blob_sha256"), dict) else {}
+        known = body.get(BLOB_HASHES) if isinstance(body.get(BLOB_HASHES), dict) else {}
         hashes = {}
-        with contextlib.suppress(CheckpointCorruptError):  # names no blob: nothing to hash
+        with contextlib.suppress(CheckpointCorruptError, OSError):  # names no blob: nothing to hash
             for name, _ in manifest_blobs(body):
-                found = known.get(name) or _sha256_put.get(name)
-                if found is None and blob_sha256 is not None:
-                    found = blob_sha256(name)
+                found = known.get(name) or _strong_put.get(name)
+                if found is None and blob_hash is not None:
+                    found = blob_hash(name)
                 if found is not None:
                     hashes[name] = found
-        if hashes or "blob_sha256" in body:
-            body["blob_sha256"] = hashes
+        if hashes or BLOB_HASHES in body:
+            body[BLOB_HASHES] = hashes
     signed = {**body, "signature": trust.sign(_SIGNED + _canonical(body))}
     return json.dumps(
         {**signed, "checksum": digest(_canonical(signed))}, indent=1, ensure_ascii=False
     ).encode()
 
 
-def _remember_sha256(name: str, data: bytes | memoryview) -> None:
-    if len(_sha256_put) > 4096:
-        _sha256_put.clear()
-    _sha256_put[name] = hashlib.sha256(data).hexdigest()
-
-
-def _file_sha256(objects: Path, name: str) -> str:
-    """SHA-256 of blob ``name``, read in chunks; remembered per file, so an unchanged blob is hashed once."""
-    fd = os.open(objects / name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        ident = (name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        found = _sha256_cache.get(ident)
-        if found is None:
-            sha = hashlib.sha256()
-            while chunk := f.read(1 << 20):
-                sha.update(chunk)
-            if len(_sha256_cache) > 4096:
-                _sha256_cache.clear()
-            found = _sha256_cache[ident] = sha.hexdigest()
-    return found
+def _remember_strong(name: str, value: str) -> None:
+    if len(_strong_put) > 4096:
+        _strong_put.clear()
+    _strong_put[name] = value
 
 
 def _unseal(path: Where, verify: bool = True, raw: bytes | None = None) -> dict[str, Any]:

@@ -23,10 +23,12 @@ import re
 import signal
 import stat
 import uuid
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from . import trust
+from .blobs import Alongside, ReadBlob, file_hashes, read_blob_file
 from .errors import CheckpointCorruptError
 
 TMP_PREFIX = ".tmp-"
@@ -172,10 +174,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes | memoryview, steps: tuple[str, str] | None = None) -> None:
+def write_atomic(
+    path: Path,
+    data: bytes | memoryview,
+    steps: tuple[str, str] | None = None,
+    alongside: Alongside | None = None,
+) -> None:
     """tmp -> write -> fsync -> rename over ``path``. The caller fsyncs the directory.
 
-    ``steps`` names the crash points after the write and after the fsync (tests only).
+    ``steps`` names the crash points after the write and after the fsync (tests only). ``alongside``:
+    a hash computed while the data is written, awaited before the rename (its failure stops it).
     """
     tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -189,6 +197,8 @@ def write_atomic(path: Path, data: bytes | memoryview, steps: tuple[str, str] | 
             os.fsync(fd)
         finally:
             os.close(fd)
+            if alongside is not None:
+                alongside.join()
         if steps:
             crash_point(steps[1])
         os.replace(tmp, path)
@@ -225,6 +235,24 @@ def listdir(path: Path) -> list[str]:
         return []
 
 
+_VERIFIED_FILES: set[tuple[str, int, int, int, int]] = set()  # blob files whose content matched their name
+
+
+def _file_identity(path: Path) -> tuple[str, int, int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _remember_file(ident: tuple[str, int, int, int, int] | None) -> None:
+    if len(_VERIFIED_FILES) > 4096:
+        _VERIFIED_FILES.clear()
+    if ident is not None:
+        _VERIFIED_FILES.add(ident)
+
+
 class LocalBackend:
     """A run folder on a local (POSIX) file system: atomic, durable files; see the module doc."""
 
@@ -251,24 +279,24 @@ class LocalBackend:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def has_blob(self, name: str, data: bytes | memoryview) -> bool:
-        """True when blob ``name`` is stored whole (same size, and its content hashes to its name)."""
-        from .records import digest
-
-        target = self.path / "objects" / name
-        if not target.exists():
+        """True when blob ``name`` is stored whole: its content hashes to its name. Checked once per
+        process (a read), then known by the file's identity (device, inode, size, mtime)."""
+        ident = _file_identity(self.path / "objects" / name)
+        if ident is None or ident[3] != memoryview(data).nbytes:
             return False
-        try:
-            return target.stat().st_size == len(memoryview(data).cast("B")) and (
-                digest(target.read_bytes()) == name
-            )
-        except OSError:
-            return False
+        if ident not in _VERIFIED_FILES:
+            with contextlib.suppress(OSError):
+                if file_hashes(self.path / "objects" / name)[0] == name:
+                    _remember_file(ident)
+        return ident in _VERIFIED_FILES
 
     def mark_verified(self, name: str) -> None:
         """Nothing to remember: :meth:`has_blob` checks the file itself."""
 
-    def put_blob(self, name: str, data: bytes | memoryview) -> None:
-        write_atomic(self.path / "objects" / name, data, steps=("blob-written", "blob-synced"))
+    def put_blob(self, name: str, data: bytes | memoryview, alongside: Alongside | None = None) -> None:
+        target = self.path / "objects" / name
+        write_atomic(target, data, steps=("blob-written", "blob-synced"), alongside=alongside)
+        _remember_file(_file_identity(target))
 
     def put_record(
         self, name: str, data: bytes, steps: tuple[str, str] | None = None, exclusive: bool = False
@@ -289,10 +317,11 @@ class LocalBackend:
         except OSError:
             return None
 
-    def read_blob(self, name: str) -> bytes:
+    def read_blob(self, name: str, check: Callable[[os.stat_result], None] | None = None) -> ReadBlob:
+        """The blob read whole and hashed as it is read; ``check`` runs on the open file's stat."""
         path = self.path / "objects" / name
         try:
-            return path.read_bytes()
+            return read_blob_file(path, check)
         except FileNotFoundError:
             raise CheckpointCorruptError(path, "it is missing") from None
         except OSError as exc:

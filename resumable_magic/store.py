@@ -27,7 +27,6 @@ than any it knew, raises :class:`~resumable_magic.errors.OwnershipLostError` ins
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from . import trust
+from .blobs import MMAP_MIN, Alongside, ReadBlob, file_hashes, strong_hash
 from .errors import (
     CheckpointCorruptError,
     CheckpointFormatError,
@@ -46,11 +46,12 @@ from .errors import (
     OwnershipLostError,
     UntrustedCheckpointError,
 )
+from .records import BLOB_HASHES as BLOB_HASHES
 from .records import DIGEST_ALGORITHM as DIGEST_ALGORITHM
 from .records import FORMAT_VERSION as FORMAT_VERSION
+from .records import STRONG_HASH, _remember_strong, _strong_put
 from .records import _canonical as _canonical
 from .records import _check_manifest as _check_manifest
-from .records import _file_sha256, _remember_sha256
 from .records import _sealed as _sealed
 from .records import _unseal as _unseal
 from .records import digest as digest
@@ -64,25 +65,30 @@ MANIFEST_RE = re.compile(r"^manifest\.(\d+)\.json$")
 _KEY_PART_RE = re.compile(r"[^A-Za-z0-9._=,+@-]")
 
 
-def _read_signed_blob(store: RunStore, manifest: dict[str, Any], name: str) -> bytes:
-    """Blob ``name``'s bytes for unpickling: the user's own private file, holding exactly the content
-    whose SHA-256 the signed ``manifest`` records (a blob with the right xxh3 name is not enough)."""
+def _read_signed_blob(store: RunStore, manifest: dict[str, Any], name: str) -> Any:
+    """Blob ``name``'s bytes for unpickling (writable where local): the user's own private file (on an
+    object store: any object), holding exactly the content whose BLAKE3 the signed ``manifest``
+    records (a blob with the right xxh3 name is not enough)."""
     path = store.objects / name
-    if store.backend.checks_permissions:
-        trust.check_private(path, run=store.path)
-    data = store.read_blob(name)
-    hashes = manifest.get("blob_sha256")
+    hashes = manifest.get(BLOB_HASHES)
     expected = hashes.get(name) if isinstance(hashes, dict) else None
     if not isinstance(expected, str):
-        reason = "its manifest records no SHA-256 of it, so the manifest's signature does not cover it"
-        raise UntrustedCheckpointError(path, reason, trust.trust_remedy(store.path))
-    if hashlib.sha256(data).hexdigest() != expected:
         reason = (
-            "it is not the content its signed manifest names (the SHA-256 differs): it was replaced "
-            "after the checkpoint was written"
+            f"its manifest records no {STRONG_HASH.upper()} hash of it, so the manifest's signature "
+            f"does not cover it"
         )
         raise UntrustedCheckpointError(path, reason, trust.trust_remedy(store.path))
-    return data
+    check = None
+    if store.backend.checks_permissions:
+        check = lambda st: trust.check_private(path, st, run=store.path)  # noqa: E731 (on the open file)
+    blob = store.read_blob(name, check)
+    if blob.strong != expected:
+        reason = (
+            f"it is not the content its signed manifest names (the {STRONG_HASH.upper()} hash differs): "
+            f"it was replaced after the checkpoint was written"
+        )
+        raise UntrustedCheckpointError(path, reason, trust.trust_remedy(store.path))
+    return blob.data
 
 
 def folders_down(top: Path, path: Path) -> list[Path]:
@@ -121,8 +127,10 @@ class Checkpoint:
 
     generation: int
     manifest: dict[str, Any]
-    state: bytes = field(repr=False, default=b"")
-    buffers: tuple[bytes, ...] = field(repr=False, default=())  # out-of-band buffers, in order
+    state: bytes | bytearray = field(repr=False, default=b"")
+    # Out-of-band buffers, in order: writable where local (bytearray or anonymous mmap), so arrays
+    # restore uncopied.
+    buffers: tuple[Any, ...] = field(repr=False, default=())
 
     @property
     def position(self) -> int:
@@ -178,13 +186,24 @@ class RunStore:
         self.backend.ensure(self.directory)
 
     def put_blob(self, data: bytes | memoryview) -> tuple[str, int]:
-        """Store ``data`` under its digest; return (digest, bytes written: 0 when it was already there)."""
+        """Store ``data`` under its digest; return (digest, bytes written: 0 when it was already there).
+
+        A blob already there is checked once per process (see the backends' ``has_blob``), so an
+        unchanged 1 GiB array costs its xxh3 digest, not a read, at each checkpoint. Its BLAKE3, for the
+        signed manifest, is computed while it is written (or once, if it was there).
+        """
         name = digest(data)
-        _remember_sha256(name, data)  # for the signed manifest that will name it
+        known = _strong_put.get(name)
         if self.backend.has_blob(name, data):
+            _remember_strong(name, known or strong_hash(data))
             return name, 0
-        self.backend.put_blob(name, data)
-        return name, memoryview(data).nbytes
+        size = memoryview(data).nbytes
+        if known is None and size < MMAP_MIN:
+            known = strong_hash(data)  # small: faster than starting a thread
+        alongside = Alongside(data) if known is None else None
+        self.backend.put_blob(name, data, alongside)
+        _remember_strong(name, known or alongside.join())
+        return name, size
 
     def commit(self, manifest: dict[str, Any], keep: int | None = None) -> int:
         """Write the manifest as the next generation, durably; then drop all but it and ``keep``.
@@ -207,7 +226,7 @@ class RunStore:
                 # Create-only where the medium has no mutex (an object store): never over another's.
                 self.backend.put_record(
                     self._manifest_name(generation),
-                    _sealed(record, self._blob_sha256),
+                    _sealed(record, self._blob_strong_hash),
                     steps=("manifest-written", "manifest-synced"),
                     exclusive=True,
                 )
@@ -311,13 +330,15 @@ class RunStore:
             return ReadResult(Checkpoint(generation, manifest, state, buffers), problems)
         return ReadResult(None, problems)
 
-    def read_blob(self, name: str) -> bytes:
-        data = self.backend.read_blob(str(name))
-        if digest(data) != name:
+    def read_blob(self, name: str, check: Callable[[Any], None] | None = None) -> ReadBlob:
+        """Blob ``name`` read whole, checked against its name and hashed for the signature (both while
+        it is read); ``check`` runs on the open local file's stat first."""
+        blob = self.backend.read_blob(str(name), check)
+        if blob.name != name:
             raise CheckpointCorruptError(self.objects / str(name), "its checksum does not match its content")
         if not self.local:
             self.backend.mark_verified(name)  # an unchanged blob need not be uploaded again
-        return data
+        return blob
 
     def _check_blobs(self, manifest: dict[str, Any]) -> None:
         for name, size in manifest_blobs(manifest):
@@ -414,10 +435,10 @@ class RunStore:
         """A sealed record of this run read through the backend (see the module's ``_unseal``)."""
         return _unseal(self.path / name, verify, raw=self.backend.read_record(name, verify))
 
-    def _blob_sha256(self, name: str) -> str:
+    def _blob_strong_hash(self, name: str) -> str:
         if self.local:
-            return _file_sha256(self.objects, name)
-        return hashlib.sha256(self.backend.read_blob(name)).hexdigest()
+            return file_hashes(self.objects / name)[1]
+        return self.backend.read_blob(name).strong
 
     def _generations(self, listed: list[str] | None = None) -> Iterable[int]:
         for name in self.backend.list("") if listed is None else listed:

@@ -6,8 +6,8 @@ stand between a planted file and ``pickle.loads``:
 
 * **Signatures.** Every manifest and completion record is signed with a secret key (HMAC-SHA256
   over its canonical JSON, in the style of Jupyter's notebook trust signatures). A manifest records
-  the SHA-256 of every blob it names, so the signature covers the pickled state too (the blobs' own
-  names are xxh3 checksums, which catch damage, not forgery). A record whose signature does not
+  the BLAKE3 hash of every blob it names, so the signature covers the pickled state too (the blobs'
+  own names are xxh3 checksums, which catch damage, not forgery; see blobs.py). A record whose signature does not
   verify is never unpickled. On object stores, which have no owner bits, this is the protection.
 * **Ownership and modes** (POSIX): a checkpoint file, its run folder, ``objects/`` and the
   checkpoint folder must be owned by the current user (root included, as ssh checks) and not
@@ -361,18 +361,6 @@ def _folders_between(top: Path | None, run: Path) -> list[Path]:
     return [top.joinpath(*parts[:i]) for i in range(len(parts))]
 
 
-def _hashes(path: Path) -> tuple[str, str]:
-    """(xxh3-128, sha-256) of a file, read once in chunks."""
-    import xxhash
-
-    fast, strong = xxhash.xxh3_128(), hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            fast.update(chunk)
-            strong.update(chunk)
-    return fast.hexdigest(), strong.hexdigest()
-
-
 def trust_run(run: Path, top: Path | None = None) -> TrustReport:
     """Re-sign the run at ``run`` with the user's key after verifying every checksum, and make its
     files private. Damaged files are skipped (and reported), never signed. ``top``: the folder the
@@ -382,10 +370,12 @@ def trust_run(run: Path, top: Path | None = None) -> TrustReport:
     Refuses (:class:`~resumable_magic.errors.ResumableError`) a run with files owned by someone else
     (copy it: ``cp -r`` makes the copy yours) and a run being executed (its lease is live).
     """
+    from .blobs import file_hashes
     from .lease import Lease
     from .storage import fsync_dir as _fsync_dir
     from .storage import write_atomic as _write_atomic
     from .store import (
+        BLOB_HASHES,
         MANIFEST_RE,
         CheckpointCorruptError,
         CheckpointFormatError,
@@ -434,7 +424,7 @@ def trust_run(run: Path, top: Path | None = None) -> TrustReport:
                         for name, _ in manifest_blobs(body):
                             blob = run / "objects" / name
                             try:
-                                fast, strong = _hashes(blob)
+                                fast, strong = file_hashes(blob)
                             except OSError as exc:
                                 raise CheckpointCorruptError(
                                     blob, f"cannot be read ({exc.strerror})"
@@ -442,7 +432,7 @@ def trust_run(run: Path, top: Path | None = None) -> TrustReport:
                             if fast != name:
                                 raise CheckpointCorruptError(blob, "its checksum does not match its content")
                             hashes[name] = strong
-                        body["blob_sha256"] = hashes
+                        body[BLOB_HASHES] = hashes
                 except (CheckpointCorruptError, CheckpointFormatError) as exc:
                     report.skipped.append(f"{path.name}: {exc}")
                     continue

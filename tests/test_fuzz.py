@@ -133,7 +133,7 @@ def read_everything(ckpt: Path, store: RunStore) -> None:
             assert isinstance(checkpoint.created, float) and math.isfinite(checkpoint.created)
             assert isinstance(checkpoint.manifest, dict)
             if load_state:
-                assert isinstance(checkpoint.state, bytes) and checkpoint.state
+                assert isinstance(checkpoint.state, (bytes, bytearray)) and checkpoint.state
     with contextlib.suppress(ResumableError):
         done = store.finished(generation)
         assert done is None or isinstance(done, dict)

@@ -1,4 +1,4 @@
-"""Checkpoints nobody else can plant: the signing key, signatures, blob SHA-256s, owners and modes.
+"""Checkpoints nobody else can plant: the signing key, signatures, blob BLAKE3 hashes, owners and modes.
 
 A planted checkpoint here is real: its pickle creates a marker file when it is unpickled, and its
 checksums are valid, so only the signature (or the ownership check) stands between it and
@@ -12,7 +12,6 @@ need root (CI runs as root) and a python that uid 65534 can execute.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import pickle
@@ -29,8 +28,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from blake3 import blake3
 
 from resumable_magic import NoCheckpointError, Resumable, cli, load
+from resumable_magic.blobs import strong_hash
 from resumable_magic.errors import OptionError, UntrustedCheckpointError
 from resumable_magic.progress import ProgressModel
 from resumable_magic.store import RunStore, _canonical, digest
@@ -131,7 +132,7 @@ def plant(ckpt: Path, marker: Path, how: str, monkeypatch) -> Path:
         rewrite_keeping_signature(
             manifest,
             state={"digest": name, "size": len(evil)},
-            blob_sha256={name: hashlib.sha256(evil).hexdigest()},
+            blob_blake3={name: strong_hash(evil)},
         )
     else:
         raise AssertionError(how)
@@ -276,7 +277,7 @@ def xxh3_colliding_pickles(code: str) -> tuple[bytes, bytes]:
     return variants[0], variants[1]
 
 
-def test_a_blob_swapped_for_an_xxh3_collision_is_refused_by_its_sha256(tmp_path):
+def test_a_blob_swapped_for_an_xxh3_collision_is_refused_by_its_blake3_hash(tmp_path):
     ckpt, marker = tmp_path / "ck", tmp_path / "marker"
     benign, evil = xxh3_colliding_pickles(f"open({str(marker)!r}, 'w').close()")
     assert benign != evil and digest(benign) == digest(evil) and len(benign) == len(evil)
@@ -285,7 +286,7 @@ def test_a_blob_swapped_for_an_xxh3_collision_is_refused_by_its_sha256(tmp_path)
     store = RunStore(ckpt, KEY)
     blob = store.objects / digest(benign)
     blob.write_bytes(evil)
-    assert store.read_blob(digest(benign)) == evil  # the checksum alone accepts it
+    assert bytes(store.read_blob(digest(benign)).data) == evil  # the checksum alone accepts it
     with pytest.raises(NoCheckpointError, match="it is not the content its signed manifest names"):
         load(KEY, dir=ckpt)
     assert not marker.exists()
@@ -293,10 +294,10 @@ def test_a_blob_swapped_for_an_xxh3_collision_is_refused_by_its_sha256(tmp_path)
     assert marker.exists()  # what loading it would have done
 
 
-def test_a_manifest_records_the_sha256_of_its_blob_and_is_signed(tmp_path):
+def test_a_manifest_records_the_blake3_hash_of_its_blob_and_is_signed(tmp_path):
     data = pickle.dumps({"total": 3})
     manifest = json.loads(commit_state(tmp_path / "ck", data).read_bytes())
-    assert manifest["blob_sha256"] == {digest(data): hashlib.sha256(data).hexdigest()}
+    assert manifest["blob_blake3"] == {digest(data): blake3(data).hexdigest()}
     assert manifest["signature"].startswith("hmac-sha256:") and len(manifest["signature"]) == 12 + 64
 
 
