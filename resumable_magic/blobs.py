@@ -111,7 +111,7 @@ def read_blob_file(
             check(st)
         buffer = _allocate(st.st_size)
         view = memoryview(buffer)
-        fast, slow = xxhash.xxh3_128(), blake3(max_threads=1)
+        fast, slow = xxhash.xxh3_128(), blake3(max_threads=_threads)  # all cores: reading is the quick part
 
         def update(chunk: memoryview) -> None:
             fast.update(chunk)
