@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import MIB, measure, print_table, ratios, versions, write_json  # noqa: E402
+from _common import MIB, measure, per_round, print_table, ratio_headline, ratios, versions, write_json  # noqa: E402
 
 
 def start_moto() -> tuple[subprocess.Popen[bytes], str]:
@@ -156,6 +156,16 @@ def run(args: argparse.Namespace) -> int:
             "rounds": args.rounds,
             "results": results,
             "versions": versions("s3fs", "moto", "fsspec"),
+            "headlines": [
+                ratio_headline(
+                    f"S3 (moto): {name}, {args.mib} MiB",
+                    per_round(results, name, "fs.pipe (baseline)"),
+                    baseline="fs.pipe of the same bytes",
+                    note=str(results[name].get("note", "")),
+                )
+                for name in results
+                if name != "fs.pipe (baseline)"
+            ],
         },
     )
     return 0
