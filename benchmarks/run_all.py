@@ -99,7 +99,14 @@ def run_benchmark(
     """
     artifacts.mkdir(parents=True, exist_ok=True)
     before = _json_mtimes(artifacts)
-    env = {**os.environ, "RESUMABLE_BENCH_ARTIFACTS": str(artifacts), "PYTHONUNBUFFERED": "1"}
+    # PYTHONFAULTHANDLER: a benchmark that hangs is sent SIGABRT first, and every Python process of
+    # its group prints all its threads' stacks (even one deadlocked with the GIL held) before it dies.
+    env = {
+        **os.environ,
+        "RESUMABLE_BENCH_ARTIFACTS": str(artifacts),
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONFAULTHANDLER": "1",
+    }
     started = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, str(script), *args],
@@ -128,6 +135,10 @@ def run_benchmark(
         returncode = process.wait(timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGABRT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(10)
     finally:
         # A hung benchmark, or a stray it left (a forked writer stuck after its parent died), goes with
         # its group: otherwise it would keep the output pipe open and this run would never end.
@@ -135,7 +146,7 @@ def run_benchmark(
             os.killpg(process.pid, signal.SIGKILL)
     if timed_out:
         returncode = process.wait()
-        lines.append(f"\nrun_all: killed after {timeout:g} s\n")
+        lines.append(f"\nrun_all: killed after {timeout:g} s (the stacks above are where it hung)\n")
     reader.join()
     outcome = Outcome(script.stem, args, returncode, time.perf_counter() - started, "".join(lines))
     outcome.timed_out = timed_out

@@ -202,6 +202,8 @@ class Lease:
         self.held = False
         self.lost: str | None = None  # description of the process that took the lease over
         self.previous: dict[str, Any] | None = None  # the record found at acquire (a crashed owner's)
+        # This process's threads (heartbeat, commit) take turns here; the file lock is between processes.
+        self._threads = threading.RLock()
         self._mutex = self._make_mutex()
         self._record: dict[str, Any] = {}
         self._thread: threading.Thread | None = None
@@ -210,7 +212,11 @@ class Lease:
         self._on_lost: Callable[[], None] = lambda: None
 
     def _make_mutex(self) -> Any:
-        return FileLock(self.path / LOCK_FILE, timeout=LOCK_WAIT, mode=0o600)
+        # Not thread-local: a thread-local FileLock holds a threading.local, and a run's objects end in
+        # reference cycles; on Python 3.11 the cyclic GC freeing a threading.local inside
+        # sys._current_frames() (which Dask's profiler calls every 10 ms) deadlocks the process
+        # (CPython gh-106883). self._threads gives the exclusion between threads instead.
+        return FileLock(self.path / LOCK_FILE, timeout=LOCK_WAIT, mode=0o600, thread_local=False)
 
     def _read_current(self) -> dict[str, Any] | None:
         return read_lease(self.path)
@@ -221,17 +227,25 @@ class Lease:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
+        if not self._threads.acquire(timeout=LOCK_WAIT):
+            raise self._held_too_long()
         try:
-            self._mutex.acquire()
-        except Timeout:
-            raise ResumableError(
-                f"Run {self.key!r}: the lock {str(self.path / LOCK_FILE)!r} was held for over "
-                f"{LOCK_WAIT:g} s. A process holding it is stopped (SIGSTOP) or hung; resume or end it."
-            ) from None
-        try:
-            yield
+            try:
+                self._mutex.acquire()
+            except Timeout:
+                raise self._held_too_long() from None
+            try:
+                yield
+            finally:
+                self._mutex.release()
         finally:
-            self._mutex.release()
+            self._threads.release()
+
+    def _held_too_long(self) -> ResumableError:
+        return ResumableError(
+            f"Run {self.key!r}: the lock {str(self.path / LOCK_FILE)!r} was held for over "
+            f"{LOCK_WAIT:g} s. A process holding it is stopped (SIGSTOP) or hung; resume or end it."
+        )
 
     def acquire(self, position: int = 0) -> str | None:
         """Take the lease; returns a note when a previous owner was taken over.

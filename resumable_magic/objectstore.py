@@ -381,11 +381,11 @@ class ObjectLease(Lease):
         self._etag: str | None = None  # the ETag of owner.json as this process last read or wrote it
 
     def _make_mutex(self) -> Any:
-        return threading.RLock()  # serialises this process's threads (heartbeat, commit) only
+        return None  # no lock between processes: conditional writes instead
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        with self._mutex:
+        with self._threads:  # this process's threads (heartbeat, commit) only
             yield
 
     def heartbeat_interval(self) -> float:

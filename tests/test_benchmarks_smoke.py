@@ -23,8 +23,9 @@ HEADLINE_KEYS = {"figure", "ratio", "min", "max", "baseline", "target", "met", "
 @pytest.mark.parametrize("script", run_all.discover(), ids=lambda script: script.name)
 def test_benchmark_smoke_run(script, tmp_path):
     artifacts = tmp_path / "artifacts"  # not ci-artifacts/bench: a smoke run must not overwrite real figures
+    # 240 s, under pytest-timeout's 300 s: a hung benchmark is stopped by run_all, which shows its stacks
     outcome = run_all.run_benchmark(
-        script, run_all.quick_args(script), artifacts=artifacts, cwd=tmp_path, timeout=600, echo=False
+        script, run_all.quick_args(script), artifacts=artifacts, cwd=tmp_path, timeout=240, echo=False
     )
     assert outcome.returncode == 0, outcome.output[-6000:]
     assert outcome.output.strip(), "the benchmark printed no figures"
@@ -64,10 +65,12 @@ def test_run_all_reports_each_outcome(kind, tmp_path):
         "writes": (0, "ok", 1),
         "fails": (3, "FAILED (exit 3)", 0),
         "leaves_a_child": (0, "no headlines", 0),
-        "hangs": (-9, "FAILED (killed after", 0),
+        "hangs": (-6, "FAILED (killed after", 0),  # SIGABRT: faulthandler shows where it hung
     }[kind]
     returncode, status, headlines = expected
     assert outcome.returncode == returncode, outcome.output
     assert outcome.status.startswith(status), outcome.status
     assert len(outcome.headlines) == headlines, outcome.artifacts
     assert outcome.output.startswith(("figures", "partial", "done", "started"))
+    if kind == "hangs":
+        assert f'File "{script}", line 1 in <module>' in outcome.output, outcome.output

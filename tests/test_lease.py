@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import _thread
+import gc
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -159,3 +163,33 @@ def test_the_plain_api_releases_its_lease_and_a_refused_run_leaves_it_as_it_was(
     with pytest.raises(Exception, match="values the cell reads changed"):
         refused.open()
     assert (tmp_path / "k" / LEASE_FILE).read_bytes() == before
+
+
+def test_a_run_leaves_no_thread_local_for_the_cyclic_gc_to_free(tmp_path):
+    """Python 3.11 deadlocks when the cyclic GC frees a ``threading.local`` inside ``sys._current_frames()``
+    (CPython gh-106883), which Dask's profiler calls every 10 ms on every worker: a run's objects end
+    in reference cycles, so none of them may hold a thread-local (a thread-local ``FileLock`` does)."""
+    gc.collect()
+    gc.disable()  # what the runs leave in cycles stays there until the collect below
+    try:
+        before = {id(o) for o in gc.get_objects() if isinstance(o, _thread._local)}
+        control = [threading.local()]  # a thread-local in a cycle: what the check must catch
+        control.append(control)
+        control_ref = weakref.ref(control[0])
+        del control
+        for _ in range(2):  # a run, then its replay
+            state = {"total": 0}
+            with Resumable("locals", state, ["total"], dir=tmp_path, every="2it") as run:
+                for i in run.iterate(range(10)):
+                    state["total"] += i
+            del run
+        left = [
+            weakref.ref(o) for o in gc.get_objects() if isinstance(o, _thread._local) and id(o) not in before
+        ]
+        gc.collect()
+        freed_by_the_gc = [ref for ref in left if ref() is None and ref is not control_ref]
+    finally:
+        gc.enable()
+    # weakref.ref hands out one ref object per referent, so the control is found by identity
+    assert control_ref() is None and control_ref in left, "the check no longer sees a cycle's thread-local"
+    assert not freed_by_the_gc, f"{len(freed_by_the_gc)} thread-locals of the runs freed by the cyclic GC"

@@ -8,14 +8,15 @@ Kernels killed mid-run and resumed from S3 are in ``test_kernel_s3.py``.
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
+import loops
 import pytest
+from loops import Recorder
 
 from resumable_magic import Resumable, cli, load
 from resumable_magic.catalog import list_runs
@@ -31,40 +32,8 @@ N = 12
 STOP = 7  # the interrupted run raises here: checkpoints at positions 7 (newest) and 6 remain
 
 
-class Recorder(ProgressModel):
-    def __init__(self) -> None:
-        super().__init__()
-        self.said: list[tuple[str, str]] = []
-
-    def message(self, level: str, text: str) -> None:
-        super().message(level, text)
-        self.said.append((level, text))
-
-    def text(self, level: str) -> str:
-        return "\n".join(text for lvl, text in self.said if lvl == level)
-
-
-class Stop(Exception):
-    pass
-
-
 def run_loop(ckpt: str | Path, stop_at: int | None = None) -> tuple[tuple, Recorder]:
-    saved = random.getstate()
-    random.seed(11)
-    state: dict = {"total": 0.0, "seen": []}
-    progress = Recorder()
-    try:
-        with Resumable(KEY, state, dir=ckpt, every="1it", progress=progress) as run:
-            for i in run.iterate(range(N)):
-                if i == stop_at:
-                    raise Stop
-                state["total"] += random.random()
-                state["seen"].append(i)
-        return (state["total"], state["seen"], random.getstate()), progress
-    except Stop:
-        return (), progress
-    finally:
-        random.setstate(saved)
+    return loops.run_loop(ckpt, KEY, N, stop_at)
 
 
 @pytest.fixture(scope="module")

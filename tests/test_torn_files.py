@@ -18,12 +18,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import loops
 import pytest
+from loops import Recorder
 
 from resumable_magic import Resumable, cli, load
 from resumable_magic.catalog import find_run, list_runs
 from resumable_magic.errors import CheckpointFormatError, NoCheckpointError, ResumableError
-from resumable_magic.progress import ProgressModel
 from resumable_magic.store import FORMAT_VERSION, RunStore, _sealed
 
 KEY = "torn"
@@ -32,43 +33,8 @@ STOP = 7  # the interrupted run raises at this item: checkpoints at positions 7 
 HOW = ("truncated", "bit-flipped", "zero-length", "missing")
 
 
-class Recorder(ProgressModel):
-    """Keeps the run's messages (warnings name damaged files)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.said: list[tuple[str, str]] = []
-
-    def message(self, level: str, text: str) -> None:
-        super().message(level, text)
-        self.said.append((level, text))
-
-    def text(self, level: str) -> str:
-        return "\n".join(text for lvl, text in self.said if lvl == level)
-
-
-class Stop(Exception):
-    pass
-
-
 def run_loop(ckpt: Path, stop_at: int | None = None) -> tuple[tuple, Recorder]:
-    """The loop (state and the global RNG change every iteration); returns (final values, messages)."""
-    saved = random.getstate()
-    random.seed(11)
-    state: dict = {"total": 0.0, "seen": []}
-    progress = Recorder()
-    try:
-        with Resumable(KEY, state, dir=ckpt, every="1it", progress=progress) as run:
-            for i in run.iterate(range(N)):
-                if i == stop_at:
-                    raise Stop
-                state["total"] += random.random()
-                state["seen"].append(i)
-        return (state["total"], state["seen"], random.getstate()), progress
-    except Stop:
-        return (), progress
-    finally:
-        random.setstate(saved)
+    return loops.run_loop(ckpt, KEY, N, stop_at)
 
 
 @pytest.fixture(scope="module")
@@ -395,7 +361,6 @@ def test_a_well_sealed_checkpoint_with_an_unloadable_state_is_a_clear_error(tmp_
 def test_fresh_starts_over_past_a_checkpoint_of_another_format_version(tmp_path):
     import json
 
-    from resumable_magic import Resumable
     from resumable_magic.errors import CheckpointFormatError
     from resumable_magic.store import _sealed
 
