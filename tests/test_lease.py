@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 import weakref
 from pathlib import Path
 
@@ -165,10 +166,17 @@ def test_the_plain_api_releases_its_lease_and_a_refused_run_leaves_it_as_it_was(
     assert (tmp_path / "k" / LEASE_FILE).read_bytes() == before
 
 
-def test_a_run_leaves_no_thread_local_for_the_cyclic_gc_to_free(tmp_path):
+@pytest.mark.parametrize("storage", ["local", "memory", "s3"])
+def test_a_run_leaves_no_thread_local_for_the_cyclic_gc_to_free(storage, tmp_path, request):
     """Python 3.11 deadlocks when the cyclic GC frees a ``threading.local`` inside ``sys._current_frames()``
     (CPython gh-106883), which Dask's profiler calls every 10 ms on every worker: a run's objects end
-    in reference cycles, so none of them may hold a thread-local (a thread-local ``FileLock`` does)."""
+    in reference cycles, so none of them may hold a thread-local (a thread-local ``FileLock`` did).
+    On every kind of storage a shard can use."""
+    ckpt = {
+        "local": lambda: tmp_path,
+        "memory": lambda: f"memory://locals-{uuid.uuid4().hex[:10]}",
+        "s3": lambda: f"s3://{request.getfixturevalue('s3_bucket')}/locals",
+    }[storage]()
     gc.collect()
     gc.disable()  # what the runs leave in cycles stays there until the collect below
     try:
@@ -179,7 +187,7 @@ def test_a_run_leaves_no_thread_local_for_the_cyclic_gc_to_free(tmp_path):
         del control
         for _ in range(2):  # a run, then its replay
             state = {"total": 0}
-            with Resumable("locals", state, ["total"], dir=tmp_path, every="2it") as run:
+            with Resumable("locals", state, ["total"], dir=ckpt, every="2it") as run:
                 for i in run.iterate(range(10)):
                     state["total"] += i
             del run
