@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from resumable_magic.storage import fsync_dir, write_atomic
+
 REPO = Path(__file__).resolve().parents[1]
 # run_all.py --quick and the smoke test point this elsewhere, so tiny runs never overwrite full figures.
 ARTIFACTS = Path(os.environ.get("RESUMABLE_BENCH_ARTIFACTS") or REPO / "ci-artifacts" / "bench")
@@ -189,3 +191,14 @@ def versions(*modules: str) -> dict[str, str]:
         except Exception:
             found[module] = "not installed"
     return found
+
+
+# -- the raw-write baseline ------------------------------------------------------------------------------
+
+
+def raw_write(folder: Path, data: Any) -> None:
+    """The raw-write baseline: ``data``'s bytes to a new file in a new ``folder``, fsynced, renamed,
+    the folder fsynced."""
+    folder.mkdir()
+    write_atomic(folder / "raw.bin", memoryview(data).cast("B"))
+    fsync_dir(folder)

@@ -43,11 +43,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import MIB, measure, per_round, print_table, ratio_headline, ratios, versions, write_json
+from _common import (
+    MIB,
+    measure,
+    per_round,
+    print_table,
+    ratio_headline,
+    ratios,
+    raw_write,
+    versions,
+    write_json,
+)
 
 from resumable_magic import Resumable
 from resumable_magic.progress import TextProgress
 from resumable_magic.serialize import buffer_digest, encode_state
+from resumable_magic.storage import fsync_dir, write_atomic
 
 # -- what a notebook defines (this script runs as __main__) ------------------------------------------
 
@@ -82,34 +93,6 @@ def build(name: str, args: argparse.Namespace) -> dict[str, Any]:
 # -- writers ------------------------------------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, chunks: list[Any]) -> None:
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        for chunk in chunks:
-            view = memoryview(chunk).cast("B")
-            while view:
-                view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def raw_write(folder: Path, data: bytes) -> None:
-    folder.mkdir()
-    _write_atomic(folder / "raw", [data])
-    _fsync_dir(folder)
-
-
 def pickle_dump(folder: Path, state: dict[str, Any]) -> None:
     folder.mkdir()
     tmp = folder / "work.pickle.tmp"
@@ -118,7 +101,7 @@ def pickle_dump(folder: Path, state: dict[str, Any]) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(tmp, folder / "work.pickle")
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def ours(folder: Path, state: dict[str, Any]) -> Resumable:
@@ -137,10 +120,10 @@ def encode_blobs(folder: Path, state: dict[str, Any]) -> None:
         name = buffer_digest(data)
         names.append(name)
         if not (objects / name).exists():
-            _write_atomic(objects / name, [data])
-    _fsync_dir(objects)
-    _write_atomic(folder / "manifest.json", [repr(names).encode()])
-    _fsync_dir(folder)
+            write_atomic(objects / name, data)
+    fsync_dir(objects)
+    write_atomic(folder / "manifest.json", repr(names).encode())
+    fsync_dir(folder)
 
 
 def dump_session(folder: Path, state: dict[str, Any]) -> None:

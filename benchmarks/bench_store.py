@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import MIB, headline, write_json
+from _common import MIB, headline, raw_write, write_json
 
 from resumable_magic import Resumable, load
 from resumable_magic.progress import CheckpointStats, TextProgress
@@ -56,28 +56,6 @@ class Recorder(TextProgress):
     def checkpoint_finished(self, stats: CheckpointStats) -> None:
         super().checkpoint_finished(stats)
         self.stats.append(stats)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def raw_write(folder: Path, array: np.ndarray) -> None:
-    folder.mkdir()
-    tmp, view = folder / "raw.tmp", memoryview(array).cast("B")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, folder / "raw.bin")
-    fsync_dir(folder)
 
 
 def files_in(folder: Path) -> dict[str, int]:
