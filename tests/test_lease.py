@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import _thread
-import gc
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
-import weakref
 from pathlib import Path
 
 import pytest
@@ -166,6 +162,35 @@ def test_the_plain_api_releases_its_lease_and_a_refused_run_leaves_it_as_it_was(
     assert (tmp_path / "k" / LEASE_FILE).read_bytes() == before
 
 
+# Runs a Resumable loop twice (a run, then its replay) with the cyclic GC off, then collects; prints
+# (thread-locals of the runs the GC freed, whether a control thread-local in a cycle was freed). In a
+# process of its own: no other thread can collect, or turn the GC back on, in between.
+GC_CHECK = """\
+import _thread, gc, json, sys, threading, weakref
+sys.path.insert(0, {repo!r})
+from resumable_magic import Resumable
+ckpt = sys.argv[1]
+gc.collect()
+gc.disable()  # what the runs leave in cycles stays there until the collect below
+before = {{id(o) for o in gc.get_objects() if isinstance(o, _thread._local)}}
+control = [threading.local()]  # a thread-local in a cycle: what the check must catch
+control.append(control)
+control_ref = weakref.ref(control[0])
+del control
+for _ in range(2):
+    state = {{"total": 0}}
+    with Resumable("locals", state, ["total"], dir=ckpt, every="2it") as run:
+        for i in run.iterate(range(10)):
+            state["total"] += i
+    del run
+left = [weakref.ref(o) for o in gc.get_objects() if isinstance(o, _thread._local) and id(o) not in before]
+seen = control_ref in left  # weakref.ref hands out one ref object per referent
+gc.collect()
+freed = [ref for ref in left if ref() is None and ref is not control_ref]
+print(json.dumps({{"freed": len(freed), "control_seen_and_freed": seen and control_ref() is None}}))
+"""
+
+
 @pytest.mark.parametrize("storage", ["local", "memory", "s3"])
 def test_a_run_leaves_no_thread_local_for_the_cyclic_gc_to_free(storage, tmp_path, request):
     """Python 3.11 deadlocks when the cyclic GC frees a ``threading.local`` inside ``sys._current_frames()``
@@ -173,31 +198,17 @@ def test_a_run_leaves_no_thread_local_for_the_cyclic_gc_to_free(storage, tmp_pat
     in reference cycles, so none of them may hold a thread-local (a thread-local ``FileLock`` did).
     On every kind of storage a shard can use."""
     ckpt = {
-        "local": lambda: tmp_path,
+        "local": lambda: str(tmp_path),
         "memory": lambda: f"memory://locals-{uuid.uuid4().hex[:10]}",
         "s3": lambda: f"s3://{request.getfixturevalue('s3_bucket')}/locals",
     }[storage]()
-    gc.collect()
-    gc.disable()  # what the runs leave in cycles stays there until the collect below
-    try:
-        before = {id(o) for o in gc.get_objects() if isinstance(o, _thread._local)}
-        control = [threading.local()]  # a thread-local in a cycle: what the check must catch
-        control.append(control)
-        control_ref = weakref.ref(control[0])
-        del control
-        for _ in range(2):  # a run, then its replay
-            state = {"total": 0}
-            with Resumable("locals", state, ["total"], dir=ckpt, every="2it") as run:
-                for i in run.iterate(range(10)):
-                    state["total"] += i
-            del run
-        left = [
-            weakref.ref(o) for o in gc.get_objects() if isinstance(o, _thread._local) and id(o) not in before
-        ]
-        gc.collect()
-        freed_by_the_gc = [ref for ref in left if ref() is None and ref is not control_ref]
-    finally:
-        gc.enable()
-    # weakref.ref hands out one ref object per referent, so the control is found by identity
-    assert control_ref() is None and control_ref in left, "the check no longer sees a cycle's thread-local"
-    assert not freed_by_the_gc, f"{len(freed_by_the_gc)} thread-locals of the runs freed by the cyclic GC"
+    out = subprocess.run(
+        [sys.executable, "-c", GC_CHECK.format(repo=str(REPO)), ckpt],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found["control_seen_and_freed"], "the check no longer sees a cycle's thread-local"
+    assert found["freed"] == 0, f"{found['freed']} thread-locals of the runs freed by the cyclic GC"
