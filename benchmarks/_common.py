@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from resumable_magic.storage import fsync_dir, write_atomic
+from resumable_magic.storage.local import fsync_dir, write_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 # run_all.py --quick and the smoke test point this elsewhere, so tiny runs never overwrite full figures.

@@ -56,9 +56,9 @@ from _common import (
 )
 
 from resumable_magic import Resumable
-from resumable_magic.progress import TextProgress
-from resumable_magic.serialize import buffer_digest, encode_state
-from resumable_magic.storage import fsync_dir, write_atomic
+from resumable_magic.progress.model import TextProgress
+from resumable_magic.state.serialize import buffer_digest, encode_state
+from resumable_magic.storage.local import fsync_dir, write_atomic
 
 # -- what a notebook defines (this script runs as __main__) ------------------------------------------
 

@@ -131,7 +131,7 @@ print("total", total)
     Tool(
         "ours",
         (),
-        "from resumable_magic import Resumable, load\nfrom resumable_magic.progress import TextProgress\n"
+        "from resumable_magic import Resumable, load\nfrom resumable_magic.progress.model import TextProgress\n"
         "%load_ext resumable_magic",
         "run = Resumable('bench', globals(), {names_list}, dir=CK, progress=TextProgress(quiet=True))\n"
         "run.__enter__()",
@@ -236,7 +236,7 @@ print("total", total)
 # The state's size as our serialiser counts it, leaving nothing behind in the namespace (dill, Kishu).
 SIZE = """\
 print((lambda e: len(e.stream) + sum(b.nbytes for b in e.buffers))(
-    __import__("resumable_magic.serialize", fromlist=["encode_state"]).encode_state(
+    __import__("resumable_magic.state.serialize", fromlist=["encode_state"]).encode_state(
         {{n: globals()[n] for n in {names!r}}})))
 """
 

@@ -55,8 +55,8 @@ CASES = {
 
 SETUP = """
 import json, time, tempfile
-from resumable_magic.cellrun import run_cell
-from resumable_magic.progress import TextProgress
+from resumable_magic.core.cellrun import run_cell
+from resumable_magic.progress.model import TextProgress
 CHECKPOINTS = tempfile.mkdtemp()
 
 def bench(kind, setup, loop, n):

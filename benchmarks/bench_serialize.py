@@ -12,7 +12,7 @@ Cases (issue 4, target: ours / pickle <= 1.1):
 Contenders, interleaved, median of ``--rounds``; every figure is a ratio to the case's baseline:
   pickle            pickle.dumps(protocol=5): everything in band, one bytes object (the baseline)
   pickle-oob        the same with buffer_callback: large buffers out of band, not copied
-  ours              resumable_magic.serialize.encode_state: large buffers out of band (>= 64 KiB)
+  ours              resumable_magic.state.serialize.encode_state: large buffers out of band (>= 64 KiB)
   ours+digest       encode_state, then the xxh3-128 digest of the stream and of every buffer
   ours-inband       dumps_state: everything in band (what run.py calls today)
   dill, cloudpickle dill.dumps / cloudpickle.dumps, protocol 5
@@ -37,7 +37,13 @@ from typing import Any
 import numpy as np
 from _common import GIB, MIB, measure, per_round, print_table, ratio_headline, ratios, versions, write_json
 
-from resumable_magic.serialize import buffer_digest, decode_state, dumps_state, encode_state, loads_state
+from resumable_magic.state.serialize import (
+    buffer_digest,
+    decode_state,
+    dumps_state,
+    encode_state,
+    loads_state,
+)
 
 try:
     import cloudpickle

@@ -40,11 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import ratio_headline, versions, write_json
 
-from resumable_magic.catalog import list_runs
-from resumable_magic.progress import ProgressModel
-from resumable_magic.run import Resumable
-from resumable_magic.shards import resumable_map, shard_indices
-from resumable_magic.shards_progress import MapProgress
+from resumable_magic.core.run import Resumable
+from resumable_magic.distributed.client import resumable_map, shard_indices
+from resumable_magic.distributed.progress import MapProgress
+from resumable_magic.progress.model import ProgressModel
+from resumable_magic.store.catalog import list_runs
 
 
 def make_work(loops: int) -> Any:

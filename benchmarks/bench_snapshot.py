@@ -27,7 +27,7 @@ from _common import MIB, REPO, ratio_headline, write_json
 sys.path.insert(0, str(REPO))
 
 from resumable_magic import Resumable
-from resumable_magic.progress import ProgressModel
+from resumable_magic.progress.model import ProgressModel
 
 
 class Stalls(ProgressModel):

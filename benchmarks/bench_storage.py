@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     import fsspec
 
     from resumable_magic import Resumable
-    from resumable_magic.progress import ProgressModel
+    from resumable_magic.progress.model import ProgressModel
 
     boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="bench-bucket")
     fs = fsspec.filesystem("s3")

@@ -34,9 +34,9 @@ TARGET = 1.05
 
 SETUP = """
 import json, time, tempfile
-from resumable_magic.cellrun import run_cell
-from resumable_magic.progress import TextProgress
-from resumable_magic.widget import WidgetProgress
+from resumable_magic.core.cellrun import run_cell
+from resumable_magic.progress.model import TextProgress
+from resumable_magic.progress.widget import WidgetProgress
 
 LOOP = '''
 total = 0

@@ -40,7 +40,7 @@ from papermill.parameterize import parameterize_notebook
 from traitlets.config import Config
 
 from resumable_magic import ResumableError
-from resumable_magic.catalog import find_run
+from resumable_magic.store.catalog import find_run
 
 HERE = Path(__file__).resolve().parent
 NOTEBOOK = HERE / "sweep_plain_api.ipynb"

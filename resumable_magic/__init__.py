@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .errors import (
     CellStructureError,
     CheckpointCorruptError,
@@ -62,24 +61,24 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # Lazy: `import resumable_magic` and `resumable --help` stay fast; dill loads on first use.
     if name in ("Resumable", "load"):
-        from . import run
+        from .core import run
 
         return getattr(run, name)
     if name in ("resumable_map", "resumable_sweep"):  # Dask itself is imported only when a map runs
-        from . import shards
+        from .distributed import client
 
-        return getattr(shards, name)
+        return getattr(client, name)
     raise AttributeError(f"module 'resumable_magic' has no attribute {name!r}")
 
 
 def load_ipython_extension(ipython: Any) -> None:
     """Called by ``%load_ext resumable_magic``."""
-    from .magic import load_ipython_extension as load
+    from .frontends.magic import load_ipython_extension as load
 
     load(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
-    from .magic import unload_ipython_extension as unload
+    from .frontends.magic import unload_ipython_extension as unload
 
     unload(ipython)

@@ -7,7 +7,7 @@ import random
 from pathlib import Path
 
 from resumable_magic import Resumable
-from resumable_magic.progress import ProgressModel
+from resumable_magic.progress.model import ProgressModel
 
 
 class Recorder(ProgressModel):

@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from resumable_magic import Resumable, load
-from resumable_magic.progress import ProgressModel
+from resumable_magic.progress.model import ProgressModel
 
 
 class Recorder(ProgressModel):

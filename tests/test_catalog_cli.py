@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from checkpoints import newest_position
 
-from resumable_magic import cli
-from resumable_magic.catalog import find_run, list_runs
+from resumable_magic.frontends import cli
+from resumable_magic.store.catalog import find_run, list_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -307,7 +307,7 @@ def test_status_magic(runs):
     from IPython.core.getipython import get_ipython
     from IPython.testing.globalipapp import get_ipython as global_ipython
 
-    from resumable_magic.status_magic import StatusMagics
+    from resumable_magic.frontends.status_magic import StatusMagics
 
     ck, _ = runs
     ip = get_ipython() or global_ipython()

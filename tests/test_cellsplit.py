@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from resumable_magic.cellsplit import (
+from resumable_magic.core.cellsplit import (
     free_names,
     split_cell,
     unnamed_changes,

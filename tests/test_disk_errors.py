@@ -57,7 +57,7 @@ def test_a_checkpoint_folder_that_cannot_be_created_is_named(tmp_path):
 GROWING = """
 import os, sys
 from resumable_magic import CheckpointWriteError, Resumable
-from resumable_magic.store import RunStore
+from resumable_magic.store.runstore import RunStore
 
 state = {"blocks": []}
 try:

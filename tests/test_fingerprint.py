@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from resumable_magic import InputsChangedError, Resumable
-from resumable_magic.fingerprint import MAX_ITEMS, fingerprint_inputs
+from resumable_magic.state.fingerprint import MAX_ITEMS, fingerprint_inputs
 
 
 def test_plain_data_of_every_shape_is_fingerprinted_and_other_objects_are_not():
@@ -34,7 +34,7 @@ def test_plain_data_of_every_shape_is_fingerprinted_and_other_objects_are_not():
 
 def test_sets_fingerprint_the_same_in_processes_with_other_hash_seeds():
     code = (
-        "from resumable_magic.fingerprint import fingerprint_inputs, fingerprint_item\n"
+        "from resumable_magic.state.fingerprint import fingerprint_inputs, fingerprint_item\n"
         "s = frozenset(f'word{i}' for i in range(50))\n"
         "print(fingerprint_inputs({'s': s})['s'], fingerprint_item(s))"
     )

@@ -29,11 +29,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from resumable_magic import Resumable, cli, errors
-from resumable_magic.catalog import list_runs
+from resumable_magic import Resumable, errors
 from resumable_magic.errors import CheckpointCorruptError, ResumableError
-from resumable_magic.progress import ProgressModel
-from resumable_magic.store import RunStore, _sealed, _unseal
+from resumable_magic.frontends import cli
+from resumable_magic.progress.model import ProgressModel
+from resumable_magic.store.catalog import list_runs
+from resumable_magic.store.runstore import RunStore, _sealed, _unseal
 
 KEY = "fuzzed"
 EXAMPLES = int(os.environ.get("RESUMABLE_FUZZ_EXAMPLES", "150"))

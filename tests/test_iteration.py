@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from resumable_magic import Resumable
-from resumable_magic.progress import TextProgress
+from resumable_magic.progress.model import TextProgress
 
 SEQUENCES = {
     "range": range(1000),

@@ -29,10 +29,10 @@ import xxhash
 from kernels import REPO_ROOT, KernelDied, KernelHandle, start_kernel
 
 try:
-    from resumable_magic.store import CRASH_STEPS, RunStore
+    from resumable_magic.store.runstore import CRASH_STEPS, RunStore
 except ImportError:  # not installed: use the checkout
     sys.path.insert(0, str(REPO_ROOT))
-    from resumable_magic.store import CRASH_STEPS, RunStore
+    from resumable_magic.store.runstore import CRASH_STEPS, RunStore
 
 pytestmark = pytest.mark.kernel
 

@@ -16,8 +16,8 @@ import pytest
 
 from resumable_magic import Resumable
 from resumable_magic.errors import OwnershipLostError, RunOwnedError
-from resumable_magic.lease import LEASE_FILE, Lease, owner_state, process_start_time, read_lease
-from resumable_magic.store import RunStore
+from resumable_magic.lease.lease import LEASE_FILE, Lease, owner_state, process_start_time, read_lease
+from resumable_magic.store.runstore import RunStore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ HOLDER = """\
 import sys, time
 sys.path.insert(0, {repo!r})
 from pathlib import Path
-from resumable_magic.lease import Lease
+from resumable_magic.lease.lease import Lease
 lease = Lease(Path(sys.argv[1]), "r")
 lease.acquire()
 lease.start_heartbeat(lambda: 7, on_lost=lambda: None)

@@ -1,7 +1,7 @@
 """%%resumable in an in-process IPython shell, and the same behaviours through the plain API.
 
 The ``runner`` fixture runs a cell either through the magic (``shell.run_cell``) or through
-``resumable_magic.cellrun.run_cell`` on a plain dict, as ipytest does, so that the core is tested
+``resumable_magic.core.cellrun.run_cell`` on a plain dict, as ipytest does, so that the core is tested
 without IPython and the magic is shown to be a thin layer over it.
 """
 
@@ -18,10 +18,10 @@ from IPython.core.getipython import get_ipython as current_shell
 from IPython.testing import globalipapp
 
 from resumable_magic import load
-from resumable_magic.cellrun import run_cell
+from resumable_magic.core.cellrun import run_cell
 from resumable_magic.errors import ResumableError
-from resumable_magic.magic import derive_key
-from resumable_magic.progress import TextProgress
+from resumable_magic.frontends.magic import derive_key
+from resumable_magic.progress.model import TextProgress
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from resumable_magic.lease import LOCK_FILE, owner_state, read_lease
-from resumable_magic.store import MANIFEST_RE
+from resumable_magic.lease.lease import LOCK_FILE, owner_state, read_lease
+from resumable_magic.store.runstore import MANIFEST_RE
 
 pytestmark = pytest.mark.kernel
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from resumable_magic.core.policy import CheckpointPolicy, Every, parse_every
 from resumable_magic.errors import OptionError
-from resumable_magic.policy import CheckpointPolicy, Every, parse_every
 
 
 @pytest.mark.parametrize(

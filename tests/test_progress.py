@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from resumable_magic.progress import (
+from resumable_magic.progress.model import (
     CheckpointStats,
     ProgressModel,
     ResumeInfo,
@@ -338,7 +338,7 @@ def test_summary_replayed(model):
 
 
 def test_resume_text_in_progress(model, clock):
-    from resumable_magic.progress import resume_text
+    from resumable_magic.progress.model import resume_text
 
     resumed = ResumeInfo(600, T0, 3, redone_iterations=37, redone_seconds=12.0)
     model.run_started(start(total=1000, start_position=600, resumed=resumed))
@@ -444,7 +444,7 @@ class FakeDisplay:
 @pytest.fixture
 def widget_view(clock):
     pytest.importorskip("ipywidgets")
-    from resumable_magic.widget import WidgetProgress
+    from resumable_magic.progress.widget import WidgetProgress
 
     display = FakeDisplay()
     view = WidgetProgress(clock=clock, wall=clock.wall, display=display, tick=3600, err_stream=io.StringIO())
@@ -513,7 +513,7 @@ def test_widget_without_total_hides_the_bar_and_counts(widget_view, clock):
 
 def test_widget_timer_ticks_from_its_thread_and_stops_at_the_end():
     pytest.importorskip("ipywidgets")
-    from resumable_magic.widget import WidgetProgress
+    from resumable_magic.progress.widget import WidgetProgress
 
     display = FakeDisplay()
     view = WidgetProgress(display=display, tick=0.01)
@@ -531,7 +531,7 @@ def test_widget_timer_ticks_from_its_thread_and_stops_at_the_end():
 
 def test_factory_chooses_text_without_a_kernel_or_when_quiet():
     pytest.importorskip("ipywidgets")
-    from resumable_magic.widget import make_widget_progress
+    from resumable_magic.progress.widget import make_widget_progress
 
     assert type(make_widget_progress(quiet=False)) is TextProgress  # no kernel in this process
     quiet = make_widget_progress(quiet=True)
@@ -545,8 +545,8 @@ def test_nbclient_stores_the_summary_as_text_plain(tmp_path):
     source = (
         "import sys, time\n"
         f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
-        "from resumable_magic.progress import CheckpointStats, StartInfo\n"
-        "from resumable_magic.widget import make_widget_progress\n"
+        "from resumable_magic.progress.model import CheckpointStats, StartInfo\n"
+        "from resumable_magic.progress.widget import make_widget_progress\n"
         "p = make_widget_progress(quiet=False)\n"
         "p.run_started(StartInfo('k', ('x',), 5, 0, 'every 1it'))\n"
         "for i in range(5):\n"
@@ -571,7 +571,7 @@ def test_nbclient_stores_the_summary_as_text_plain(tmp_path):
 
 
 def test_a_checkpoint_that_rewrote_nothing_says_unchanged_not_zero_bytes():
-    from resumable_magic.progress_text import checkpoint_text
+    from resumable_magic.progress.text import checkpoint_text
 
     model = ProgressModel()
     model.run_started(StartInfo(key="k", names=("x",), total=10, start_position=0, policy="every 1it"))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from resumable_magic.errors import NotSerializableError
-from resumable_magic.serialize import (
+from resumable_magic.state.serialize import (
     OUT_OF_BAND_MIN,
     buffer_digest,
     decode_state,
@@ -62,7 +62,7 @@ def test_locks_and_lambdas_survive():
 
 MAIN_CODE = """
 import sys
-from resumable_magic.serialize import dumps_state
+from resumable_magic.state.serialize import dumps_state
 class Point:
     def __init__(self, x): self.x = x
     def norm(self): return abs(self.x)
@@ -74,7 +74,7 @@ sys.stdout.buffer.write(dumps_state({"p": Point(-3), "f": double, "g": lambda v:
 def test_main_classes_and_functions_load_in_a_fresh_process_without_their_definitions():
     data = subprocess.run([sys.executable, "-c", MAIN_CODE], capture_output=True, check=True).stdout
     check = (
-        "import sys\nfrom resumable_magic.serialize import loads_state\n"
+        "import sys\nfrom resumable_magic.state.serialize import loads_state\n"
         "s = loads_state(sys.stdin.buffer.read())\nprint(s['p'].norm(), s['f'](4), s['g'](4))\n"
     )
     out = subprocess.run([sys.executable, "-c", check], input=data, capture_output=True, check=True).stdout
@@ -84,7 +84,7 @@ def test_main_classes_and_functions_load_in_a_fresh_process_without_their_defini
 def test_restored_instances_use_the_live_main_class_when_it_was_redefined():
     data = subprocess.run([sys.executable, "-c", MAIN_CODE], capture_output=True, check=True).stdout
     check = (
-        "import sys\nfrom resumable_magic.serialize import loads_state\n"
+        "import sys\nfrom resumable_magic.state.serialize import loads_state\n"
         "class Point:\n    def norm(self): return 'live'\n"
         "s = loads_state(sys.stdin.buffer.read())\nprint(isinstance(s['p'], Point), s['p'].norm(), s['p'].x)\n"
     )
@@ -96,7 +96,7 @@ def test_restored_instances_use_the_live_main_class_when_it_was_redefined():
 
 FRESH_CODE = """
 import enum, dataclasses, pickle, sys
-from resumable_magic.serialize import encode_state
+from resumable_magic.state.serialize import encode_state
 SCALE = 10
 def make_counter(start):
     count = [start]
@@ -129,7 +129,7 @@ sys.stdout.buffer.write(pickle.dumps((encoded.stream, [bytes(b) for b in encoded
 
 FRESH_CHECK = """
 import pickle, sys
-from resumable_magic.serialize import decode_state
+from resumable_magic.state.serialize import decode_state
 SCALE = 3  # the restored function reads the loading namespace's globals, as dill's do
 stream, buffers = pickle.loads(sys.stdin.buffer.read())
 s = decode_state(stream, buffers)
@@ -224,7 +224,7 @@ def test_checkpoints_written_by_dill_still_load():
 def test_rng_state_round_trip():
     import random
 
-    from resumable_magic import rng
+    from resumable_magic.state import rng
 
     random.seed(7)
     np.random.seed(7)
@@ -309,7 +309,7 @@ def test_threshold_and_in_band_wrappers():
 
 
 def test_buffer_digest_is_the_store_digest():
-    from resumable_magic.store import digest
+    from resumable_magic.store.runstore import digest
 
     array = np.random.default_rng(0).random(1 << 16)
     (buffer,) = encode_state({"a": array}).buffers

@@ -23,9 +23,7 @@ import pytest
 
 import resumable_magic
 from resumable_magic import OptionError
-from resumable_magic.catalog import list_runs
-from resumable_magic.lease import owner_state
-from resumable_magic.shards import (
+from resumable_magic.distributed.client import (
     DaskMissingError,
     ShardFailedError,
     ShardingChangedError,
@@ -33,7 +31,9 @@ from resumable_magic.shards import (
     resumable_sweep,
     shard_indices,
 )
-from resumable_magic.shards_progress import MapProgress, WidgetMapView
+from resumable_magic.distributed.progress import MapProgress, WidgetMapView
+from resumable_magic.lease.lease import owner_state
+from resumable_magic.store.catalog import list_runs
 
 EVERY = 5  # items per checkpoint interval in the kill test: the most a killed shard may redo
 

@@ -10,9 +10,9 @@ import distributed
 import pytest
 from test_shards import calls, logged, serial
 
-from resumable_magic.catalog import list_runs
-from resumable_magic.shards import resumable_map
-from resumable_magic.shards_progress import MapProgress
+from resumable_magic.distributed.client import resumable_map
+from resumable_magic.distributed.progress import MapProgress
+from resumable_magic.store.catalog import list_runs
 
 
 def test_map_on_s3_runs_replays_and_is_listed(

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from resumable_magic import load
-from resumable_magic.store import RunStore
+from resumable_magic.store.runstore import RunStore
 
 N = 120
 WORKER = """

@@ -18,14 +18,15 @@ import loops
 import pytest
 from loops import Recorder
 
-from resumable_magic import Resumable, cli, load
-from resumable_magic.catalog import list_runs
+from resumable_magic import Resumable, load
 from resumable_magic.errors import OwnershipLostError, ResumableError, RunOwnedError
-from resumable_magic.lease import make_lease, read_lease
-from resumable_magic.objectstore import ObjectLease
-from resumable_magic.progress import ProgressModel
-from resumable_magic.storage import RemotePath, location
-from resumable_magic.store import RunStore
+from resumable_magic.frontends import cli
+from resumable_magic.lease.lease import make_lease, read_lease
+from resumable_magic.progress.model import ProgressModel
+from resumable_magic.storage.fsspec import ObjectLease
+from resumable_magic.storage.local import RemotePath, location
+from resumable_magic.store.catalog import list_runs
+from resumable_magic.store.runstore import RunStore
 
 KEY = "obj"
 N = 12
@@ -143,7 +144,7 @@ def test_local_paths_and_file_urls_keep_the_local_code_path_and_never_import_fss
     code = (
         "import sys\n"
         "from resumable_magic import Resumable\n"
-        "from resumable_magic.progress import ProgressModel\n"
+        "from resumable_magic.progress.model import ProgressModel\n"
         "s = {'t': 0}\n"
         "with Resumable('k', s, dir='ck', progress=ProgressModel()) as run:\n"
         "    for i in run.iterate(range(5)):\n"
@@ -366,7 +367,7 @@ def test_resumable_dir_may_be_a_url(memory_dir, monkeypatch):
 def test_large_states_on_s3_are_written_by_a_forked_writer_with_its_own_connections(s3_bucket, monkeypatch):
     import numpy as np
 
-    from resumable_magic import snapshot
+    from resumable_magic.core import forked_writer as snapshot
 
     if snapshot.fork_refusal(65 * 2**20) is not None:  # not Linux, or too little memory here
         pytest.fail(

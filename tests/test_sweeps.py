@@ -21,7 +21,7 @@ from kernels import KernelHandle
 from traitlets.config import Config
 
 import resumable_magic
-from resumable_magic.catalog import find_run, list_runs
+from resumable_magic.store.catalog import find_run, list_runs
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 MEMBER = NOTEBOOKS / "sweep_member.ipynb"

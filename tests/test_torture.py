@@ -39,9 +39,9 @@ from pathlib import Path
 import pytest
 import torture_report as report
 
-from resumable_magic import store as store_module
 from resumable_magic.errors import ResumableError
-from resumable_magic.store import CRASH_STEPS, RunStore
+from resumable_magic.store import runstore as store_module
+from resumable_magic.store.runstore import CRASH_STEPS, RunStore
 
 WORKER = Path(__file__).with_name("torture_worker.py")
 SEED = int(os.environ.get("RESUMABLE_TORTURE_SEED", "0")) or random.SystemRandom().randrange(1, 10**6)

@@ -30,12 +30,13 @@ from pathlib import Path
 import pytest
 from blake3 import blake3
 
-from resumable_magic import NoCheckpointError, Resumable, cli, load
-from resumable_magic.blobs import strong_hash
+from resumable_magic import NoCheckpointError, Resumable, load
 from resumable_magic.errors import OptionError, UntrustedCheckpointError
-from resumable_magic.progress import ProgressModel
-from resumable_magic.store import RunStore, _canonical, digest
-from resumable_magic.trust import SECRET_FILE_NAME, sign, signing_key, verify
+from resumable_magic.frontends import cli
+from resumable_magic.progress.model import ProgressModel
+from resumable_magic.storage.blobs import strong_hash
+from resumable_magic.store.runstore import RunStore, _canonical, digest
+from resumable_magic.trust.keys import SECRET_FILE_NAME, sign, signing_key, verify
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "victim"
@@ -410,7 +411,7 @@ def test_two_processes_creating_the_key_at_once_end_with_one_key(tmp_path):
     script = textwrap.dedent(
         """
         import json, os, sys
-        from resumable_magic import trust
+        from resumable_magic.trust import keys as trust
         go, ready, folders = sys.argv[1], sys.argv[2], sys.argv[3:]
         open(ready, "w").close()
         while not os.path.exists(go):
@@ -540,7 +541,7 @@ def reader_python(env: dict) -> str:
     candidates = [sys.executable, os.path.realpath(sys.executable), f"/usr/bin/python{version}"]
     tried = []
     for python in dict.fromkeys(candidates):
-        probe = as_nobody(python, env, "-c", "import dill, xxhash, resumable_magic.store")
+        probe = as_nobody(python, env, "-c", "import dill, xxhash, resumable_magic.store.runstore")
         if probe.returncode == 0:
             return python
         tried.append(f"{python}: {probe.stderr.strip().splitlines()[-1:] or probe.returncode}")

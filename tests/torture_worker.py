@@ -23,7 +23,7 @@ import random
 import sys
 
 from resumable_magic import Resumable
-from resumable_magic.progress import CheckpointStats, ProgressModel, StartInfo
+from resumable_magic.progress.model import CheckpointStats, ProgressModel, StartInfo
 
 
 class Reporter(ProgressModel):

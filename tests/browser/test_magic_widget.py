@@ -31,7 +31,7 @@ print("total", total)
 
 NOT_WIRED = (
     "the %%resumable cell showed no progress widget: the magic must build its progress view with "
-    "resumable_magic.widget.make_widget_progress(quiet)"
+    "resumable_magic.progress.widget.make_widget_progress(quiet)"
 )
 
 COUNT = r"t => { const m = t.match(/([\d,]+) \/ ([\d,]+)/); return m ? +m[1].replace(/,/g, '') : -1; }"

@@ -6,8 +6,8 @@ import re
 
 DRIVE_MODEL = """\
 import time
-from resumable_magic.progress import CheckpointStats, StartInfo
-from resumable_magic.widget import WidgetProgress
+from resumable_magic.progress.model import CheckpointStats, StartInfo
+from resumable_magic.progress.widget import WidgetProgress
 
 p = WidgetProgress()
 p.run_started(StartInfo(key="demo", names=("total",), total=40, start_position=0, policy="every 10it"))

@@ -1,7 +1,7 @@
 """Taking a checkpoint: capture the state at a boundary, write it (here, or in a forked child), and
 account for it (policy, progress, size warnings).
 
-A mixin of :class:`~resumable_magic.run.Resumable`, which owns the attributes used here (the store,
+A mixin of :class:`~resumable_magic.core.run.Resumable`, which owns the attributes used here (the store,
 its lease, the policy, the progress model, the namespace and names); kept apart because writing a
 checkpoint is one job and running a loop is another.
 """
@@ -12,15 +12,21 @@ import sys
 import time
 from typing import Any
 
-from . import messages, rng
-from .errors import CheckpointWriteError, NotSerializableError, OwnershipLostError, StateVariableError
-from .fingerprint import fingerprint_item
-from .iteration import MISSING as _MISSING
-from .progress import CheckpointStats, format_duration, format_size
-from .serialize import encode_state
-from .snapshot import FORK_MIN_BYTES, Snapshot, fork_refusal
-from .storage import crash_point
-from .store import digest
+from resumable_magic.core import messages
+from resumable_magic.core.forked_writer import FORK_MIN_BYTES, Snapshot, fork_refusal
+from resumable_magic.core.iteration import MISSING as _MISSING
+from resumable_magic.errors import (
+    CheckpointWriteError,
+    NotSerializableError,
+    OwnershipLostError,
+    StateVariableError,
+)
+from resumable_magic.progress.model import CheckpointStats, format_duration, format_size
+from resumable_magic.state import rng
+from resumable_magic.state.fingerprint import fingerprint_item
+from resumable_magic.state.serialize import encode_state
+from resumable_magic.storage.local import crash_point
+from resumable_magic.store.runstore import digest
 
 RNG_KEY = "__resumable_rng__"
 SNAPSHOT_WAIT = 600.0  # seconds to wait for a background writer before killing it
@@ -29,7 +35,7 @@ SNAPSHOT_WAIT = 600.0  # seconds to wait for a background writer before killing 
 def _versions() -> dict[str, str]:
     import dill
 
-    from . import __version__
+    from resumable_magic import __version__
 
     return {"python": sys.version.split()[0], "dill": dill.__version__, "resumable_magic": __version__}
 

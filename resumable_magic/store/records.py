@@ -14,12 +14,12 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from . import trust
-from .blobs import STRONG_HASH
-from .blobs import digest as digest
-from .errors import CheckpointCorruptError, CheckpointFormatError, UntrustedCheckpointError
-from .storage import Where
-from .storage import read_record_file as _read_record
+from resumable_magic.errors import CheckpointCorruptError, CheckpointFormatError, UntrustedCheckpointError
+from resumable_magic.storage.blobs import STRONG_HASH
+from resumable_magic.storage.blobs import digest as digest
+from resumable_magic.storage.local import Where
+from resumable_magic.storage.local import read_record_file as _read_record
+from resumable_magic.trust import keys as trust
 
 FORMAT_VERSION = 1
 DIGEST_ALGORITHM = "xxh3_128"

@@ -22,7 +22,7 @@ one manifest after a takeover; it is a complete checkpoint (its blobs were writt
 create-only PUT means it cannot replace the new owner's, and the new owner's next commit sees a
 generation it did not write and stops with :class:`~resumable_magic.errors.OwnershipLostError`.
 There are no file permissions on an object store: readers trust a checkpoint by its HMAC signature
-only (:mod:`resumable_magic.trust`), so machines sharing a bucket share the signing key.
+only (:mod:`resumable_magic.trust.keys`), so machines sharing a bucket share the signing key.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from .blobs import ReadBlob, digest, strong_hash
-from .errors import CheckpointCorruptError, OwnershipLostError, ResumableError, RunOwnedError
-from .lease import LEASE_FILE, Lease, describe_owner
-from .storage import RemotePath
+from resumable_magic.errors import CheckpointCorruptError, OwnershipLostError, ResumableError, RunOwnedError
+from resumable_magic.lease.lease import LEASE_FILE, Lease, describe_owner
+from resumable_magic.storage.blobs import ReadBlob, digest, strong_hash
+from resumable_magic.storage.local import RemotePath
 
 __all__ = ["FsspecBackend", "ObjectLease", "check_protocol", "filesystem", "read_lease", "run_folders"]
 
@@ -311,7 +311,7 @@ async def _s3_get_tagged(fs: Any, path: str) -> tuple[bytes, str]:
 
 
 def _content_tag(data: bytes) -> str:
-    from .store import digest
+    from resumable_magic.store.runstore import digest
 
     return digest(data)
 

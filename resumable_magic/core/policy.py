@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import OptionError
+from resumable_magic.errors import OptionError
 
 ADAPTIVE_BUDGET = 0.02
 ADAPTIVE_FLOOR_SECONDS = 10.0

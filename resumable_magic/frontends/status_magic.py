@@ -13,8 +13,8 @@ from typing import Any
 
 from IPython.core.magic import Magics, line_magic, magics_class
 
-from .catalog import RunInfo, list_runs
-from .cli import COLUMNS, STATE, plain_table, table_rows
+from resumable_magic.frontends.cli import COLUMNS, STATE, plain_table, table_rows
+from resumable_magic.store.catalog import RunInfo, list_runs
 
 _HTML_COLOURS = {
     "finished": "#1a7f37",
@@ -61,8 +61,8 @@ class StatusMagics(Magics):
     @line_magic
     def resumable_status(self, line: str = "") -> StatusTable:
         """%resumable_status [DIR]: every run under DIR (default as %%resumable) and its state."""
-        from .run import default_directory
-        from .storage import location
+        from resumable_magic.core.run import default_directory
+        from resumable_magic.storage.local import location
 
         directory = location(line.strip() if line.strip() else default_directory())
         return StatusTable(directory, list_runs(directory))

@@ -37,29 +37,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import trust
-from .blobs import MMAP_MIN, Alongside, ReadBlob, file_hashes, strong_hash
-from .errors import (
+from resumable_magic.errors import (
     CheckpointCorruptError,
     CheckpointFormatError,
     OptionError,
     OwnershipLostError,
     UntrustedCheckpointError,
 )
-from .records import BLOB_HASHES as BLOB_HASHES
-from .records import DIGEST_ALGORITHM as DIGEST_ALGORITHM
-from .records import FORMAT_VERSION as FORMAT_VERSION
-from .records import STRONG_HASH, _remember_strong, _strong_put
-from .records import _canonical as _canonical
-from .records import _check_manifest as _check_manifest
-from .records import _sealed as _sealed
-from .records import _unseal as _unseal
-from .records import digest as digest
-from .records import manifest_blobs as manifest_blobs
-from .storage import CRASH_STEPS as CRASH_STEPS
-from .storage import TMP_PREFIX as TMP_PREFIX
-from .storage import RemotePath, Where, backend_for, crash_point, location
-from .storage import listdir as _listdir
+from resumable_magic.storage.blobs import MMAP_MIN, Alongside, ReadBlob, file_hashes, strong_hash
+from resumable_magic.storage.local import CRASH_STEPS as CRASH_STEPS
+from resumable_magic.storage.local import TMP_PREFIX as TMP_PREFIX
+from resumable_magic.storage.local import RemotePath, Where, backend_for, crash_point, location
+from resumable_magic.storage.local import listdir as _listdir
+from resumable_magic.store.records import BLOB_HASHES as BLOB_HASHES
+from resumable_magic.store.records import DIGEST_ALGORITHM as DIGEST_ALGORITHM
+from resumable_magic.store.records import FORMAT_VERSION as FORMAT_VERSION
+from resumable_magic.store.records import STRONG_HASH, _remember_strong, _strong_put
+from resumable_magic.store.records import _canonical as _canonical
+from resumable_magic.store.records import _check_manifest as _check_manifest
+from resumable_magic.store.records import _sealed as _sealed
+from resumable_magic.store.records import _unseal as _unseal
+from resumable_magic.store.records import digest as digest
+from resumable_magic.store.records import manifest_blobs as manifest_blobs
+from resumable_magic.trust import keys as trust
 
 MANIFEST_RE = re.compile(r"^manifest\.(\d+)\.json$")
 _KEY_PART_RE = re.compile(r"[^A-Za-z0-9._=,+@-]")

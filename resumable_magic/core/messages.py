@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from .errors import StateVariableError
-from .progress_text import format_duration, format_size
+from resumable_magic.errors import StateVariableError
+from resumable_magic.progress.text import format_duration, format_size
 
 __all__ = [
     "accepted_changes_text",

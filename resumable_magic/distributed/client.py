@@ -1,7 +1,7 @@
 """Resumable shards on Dask: map a function over many items in N shards, each a resumable run.
 
 Dask schedules, retries lost tasks and scales; what it loses when a worker dies is the progress
-inside a long task. Here each task is a *shard*: a :class:`~resumable_magic.run.Resumable` loop over
+inside a long task. Here each task is a *shard*: a :class:`~resumable_magic.core.run.Resumable` loop over
 its items that checkpoints its partial results (``{index: value}``) to a folder every worker can
 reach. When a worker dies, the scheduler reruns its shard elsewhere; the rerun opens the same run,
 takes over the dead worker's lease (its pid is gone, or its heartbeat stopped) and resumes from the
@@ -16,7 +16,7 @@ A sweep (:func:`resumable_sweep`) runs one task per parameter set, each its own 
 ``<dir>/<key>/lr=0.01,seed=3/``.
 
 Dask is optional: it is imported only when a map runs (``pip install resumable_magic[dask]``). The
-client-side progress view lives in :mod:`resumable_magic.shards_progress`.
+client-side progress view lives in :mod:`resumable_magic.distributed.progress`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import OptionError, ResumableError, ResumeRefusedError, RunOwnedError
+from resumable_magic.errors import OptionError, ResumableError, ResumeRefusedError, RunOwnedError
 
 __all__ = [
     "DaskMissingError",
@@ -150,8 +150,8 @@ def _check_items(items: Any) -> None:
 
 
 def _check_common(func: Callable[..., Any], key: str, every: Any, reduce: Any) -> None:
-    from .policy import parse_every
-    from .store import key_to_relpath
+    from resumable_magic.core.policy import parse_every
+    from resumable_magic.store.runstore import key_to_relpath
 
     if not callable(func):
         raise OptionError("func", f"a {type(func).__name__}", "pass a function (or any callable)")
@@ -172,8 +172,8 @@ def _directory(dir: str | os.PathLike[str] | None) -> Any:
     """Absolute, so that workers in other folders (or on other machines, on a shared file system
     mounted at the same path) find it; an fsspec URL (``s3://bucket/prefix``) as it is, which every
     worker reaches the same way."""
-    from .run import default_directory
-    from .storage import location
+    from resumable_magic.core.run import default_directory
+    from resumable_magic.storage.local import location
 
     where = location(dir if dir is not None else default_directory())
     return where if not isinstance(where, Path) else Path(os.path.abspath(where))
@@ -182,7 +182,7 @@ def _directory(dir: str | os.PathLike[str] | None) -> Any:
 def _existing_shard_counts(map_dir: Any) -> list[int]:
     counts: set[int] = set()
     if not isinstance(map_dir, Path):  # on object storage: the shards' folders are prefixes
-        from .storage import backend_for
+        from resumable_magic.storage.local import backend_for
 
         with contextlib.suppress(OSError):
             for name in backend_for(map_dir).list(""):
@@ -199,7 +199,7 @@ def _existing_shard_counts(map_dir: Any) -> list[int]:
 
 
 def _items_digest(items: list[Any]) -> str:
-    from .fingerprint import fingerprint_item
+    from resumable_magic.state.fingerprint import fingerprint_item
 
     return fingerprint_item(items)[:16]
 
@@ -209,7 +209,7 @@ def _plan_map(
 ) -> tuple[_Plan, int | None]:
     """Checks the arguments and the folder. Returns the plan (its specs not filled yet) and the shard
     count when it is known without a cluster (given, or found on disk)."""
-    from .store import key_to_relpath
+    from resumable_magic.store.runstore import key_to_relpath
 
     _check_items(items)
     if split not in SPLITS:
@@ -256,7 +256,7 @@ def _fill_map(plan: _Plan, items: Sequence[Any], shards: int, split: str, every:
 def _plan_sweep(
     func: Callable[..., Any], param_sets: Sequence[Mapping[str, Any]], key: str, directory: Path, every: Any
 ) -> _Plan:
-    from .cellrun import params_key
+    from resumable_magic.core.cellrun import params_key
 
     _check_items(param_sets)
     try:
@@ -301,10 +301,10 @@ def _plan_sweep(
 def _check_existing_inputs(plan: _Plan) -> None:
     """Refuse before any work when a run already on disk was made from other inputs (items, sharding,
     parameter values): the worker would refuse it too, but only after other shards started."""
-    from .errors import InputsChangedError
-    from .fingerprint import fingerprint_inputs
-    from .messages import input_changes
-    from .store import RunStore
+    from resumable_magic.core.messages import input_changes
+    from resumable_magic.errors import InputsChangedError
+    from resumable_magic.state.fingerprint import fingerprint_inputs
+    from resumable_magic.store.runstore import RunStore
 
     for spec in plan.specs:
         store = RunStore(plan.directory, spec.run_key)
@@ -356,9 +356,9 @@ def _patient_resumable(spec: _RunSpec, state: dict[str, Any], names: Sequence[st
     """A :class:`Resumable` for ``spec`` whose ``open`` waits while another live process executes the
     run (a zombie worker the scheduler gave up on, a second map on the same key): when that owner
     finishes, this one replays its result; when it dies, this one takes over and resumes."""
-    from .lease import owner_state, read_lease
-    from .progress import ProgressModel
-    from .run import Resumable
+    from resumable_magic.core.run import Resumable
+    from resumable_magic.lease.lease import owner_state, read_lease
+    from resumable_magic.progress.model import ProgressModel
 
     class _Patient(Resumable):
         def open(self) -> None:
@@ -494,7 +494,7 @@ def _execute(
 ) -> list[dict[str, Any]]:
     """Submit one task per run, wait for all while the progress view follows the folder, and return
     each run's report in the order of the specs. A failure cancels what has not started."""
-    from .shards_progress import MapProgress, make_view
+    from resumable_magic.distributed.progress import MapProgress, make_view
 
     model = MapProgress(
         plan.key, plan.directory, [(s.name, s.run_key, _size(s)) for s in plan.specs], plan.what

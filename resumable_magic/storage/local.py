@@ -1,13 +1,13 @@
 """Where a run's files live, behind one small interface: a local folder, or an object store via fsspec.
 
-:class:`RunStore <resumable_magic.store.RunStore>` knows the format (manifests, blobs, records) and
+:class:`RunStore <resumable_magic.store.runstore.RunStore>` knows the format (manifests, blobs, records) and
 asks a *backend* for bytes: ``put_blob``, ``put_record``, ``read_record``, ``read_blob``, ``list``,
 ``size``, ``delete``, ``sync``. Names are relative to the run folder (``manifest.00000003.json``,
 ``objects/<digest>``, ``DONE``).
 
 * :class:`LocalBackend`: today's crash-safe files. Each file is written to a temporary name, fsynced,
   renamed into place, and the folder fsynced; the test-only crash points of every step are here.
-* :class:`~resumable_magic.objectstore.FsspecBackend` (``s3://``, ``memory://``, anything fsspec
+* :class:`~resumable_magic.storage.fsspec.FsspecBackend` (``s3://``, ``memory://``, anything fsspec
   reaches): one PUT per file, which an object store makes atomic; no temporaries, no renames.
 
 :func:`location` turns what the user gave as ``dir`` into a :class:`~pathlib.Path` (local paths and
@@ -27,9 +27,9 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from . import trust
-from .blobs import Alongside, ReadBlob, file_hashes, read_blob_file
-from .errors import CheckpointCorruptError
+from resumable_magic.errors import CheckpointCorruptError
+from resumable_magic.storage.blobs import Alongside, ReadBlob, file_hashes, read_blob_file
+from resumable_magic.trust import keys as trust
 
 TMP_PREFIX = ".tmp-"
 _URL_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", re.S)
@@ -146,7 +146,7 @@ def location(directory: str | os.PathLike[str] | RemotePath) -> Where:
             protocol, rest = match.group(1).lower(), match.group(2)
             if protocol in ("file", "local"):
                 return Path(rest or "/")
-            from .objectstore import check_protocol  # fsspec only now, for a URL
+            from resumable_magic.storage.fsspec import check_protocol  # fsspec only now, for a URL
 
             protocol = check_protocol(directory, protocol)
             return RemotePath(protocol, rest)
@@ -156,7 +156,7 @@ def location(directory: str | os.PathLike[str] | RemotePath) -> Where:
 def backend_for(run: Where) -> Any:
     """The backend of the run folder ``run``: :class:`LocalBackend` or an fsspec one."""
     if isinstance(run, RemotePath):
-        from .objectstore import FsspecBackend
+        from resumable_magic.storage.fsspec import FsspecBackend
 
         return FsspecBackend(run)
     return LocalBackend(run)
@@ -273,7 +273,7 @@ class LocalBackend:
 
     def ensure(self, top: Path) -> None:
         """Create the run folder and ``objects/`` (and the folders from ``top`` down), private."""
-        from .store import folders_down
+        from resumable_magic.store.runstore import folders_down
 
         for folder in (top, *folders_down(top, self.path), self.path / "objects"):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import OptionError, ResumableError, UntrustedCheckpointError
+from resumable_magic.errors import OptionError, ResumableError, UntrustedCheckpointError
 
 __all__ = [
     "ENV_KEY",
@@ -324,7 +324,7 @@ class TrustReport:
 
 def find_runs(path: Path) -> list[Path]:
     """``path`` if it is a run folder, else every run folder under it (nested keys included)."""
-    from .store import MANIFEST_RE
+    from resumable_magic.store.runstore import MANIFEST_RE
 
     found, stack = [], [path]
     while stack:
@@ -370,11 +370,11 @@ def trust_run(run: Path, top: Path | None = None) -> TrustReport:
     Refuses (:class:`~resumable_magic.errors.ResumableError`) a run with files owned by someone else
     (copy it: ``cp -r`` makes the copy yours) and a run being executed (its lease is live).
     """
-    from .blobs import file_hashes
-    from .lease import Lease
-    from .storage import fsync_dir as _fsync_dir
-    from .storage import write_atomic as _write_atomic
-    from .store import (
+    from resumable_magic.lease.lease import Lease
+    from resumable_magic.storage.blobs import file_hashes
+    from resumable_magic.storage.local import fsync_dir as _fsync_dir
+    from resumable_magic.storage.local import write_atomic as _write_atomic
+    from resumable_magic.store.runstore import (
         BLOB_HASHES,
         MANIFEST_RE,
         CheckpointCorruptError,

@@ -9,7 +9,7 @@ import builtins
 from dataclasses import dataclass
 from types import CodeType
 
-from .errors import CellStructureError
+from resumable_magic.errors import CellStructureError
 
 LOOP_VAR = "_resumable_loop_"
 COUNTER_VAR = "_resumable_n_"

@@ -1,4 +1,4 @@
-"""``%%resumable``: parse the line, derive the key, hand the cell to :func:`~resumable_magic.cellrun.run_cell`.
+"""``%%resumable``: parse the line, derive the key, hand the cell to :func:`~resumable_magic.core.cellrun.run_cell`.
 
 The only module that imports IPython.
 """
@@ -15,12 +15,12 @@ from IPython.core.magic import Magics, cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Unicode
 
-from .cellrun import run_cell
-from .cellsplit import split_cell
-from .errors import CellStructureError
-from .progress import ProgressModel
-from .run import default_directory
-from .store import RunStore, digest
+from resumable_magic.core.cellrun import run_cell
+from resumable_magic.core.cellsplit import split_cell
+from resumable_magic.core.run import default_directory
+from resumable_magic.errors import CellStructureError
+from resumable_magic.progress.model import ProgressModel
+from resumable_magic.store.runstore import RunStore, digest
 
 
 def derive_key(names: list[str], header: str, notebook: str | None, cell_id: str | None) -> str:
@@ -189,14 +189,16 @@ class ResumableMagics(Magics):
             return None
 
     def _make_progress(self, quiet: bool) -> ProgressModel:
-        from .widget import make_widget_progress  # lazy: ipywidgets only when a cell runs
+        from resumable_magic.progress.widget import (
+            make_widget_progress,  # lazy: ipywidgets only when a cell runs
+        )
 
         return make_widget_progress(quiet)
 
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext resumable_magic``."""
-    from .status_magic import StatusMagics
+    from resumable_magic.frontends.status_magic import StatusMagics
 
     magics = ResumableMagics(shell=ipython)
     ipython.register_magics(magics)

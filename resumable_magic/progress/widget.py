@@ -1,6 +1,6 @@
 """The ipywidgets view of the progress model: the only module of the package that imports ipywidgets.
 
-:class:`WidgetProgress` is a :class:`~resumable_magic.progress.ProgressModel` that displays a small
+:class:`WidgetProgress` is a :class:`~resumable_magic.progress.model.ProgressModel` that displays a small
 panel under the cell when the run starts: state (word and colour), a progress bar (or a count when
 the iterable has no length), rate, ETA, the time since the last checkpoint (ticking every second from
 a timer thread, even while one iteration takes minutes), checkpoints written, the last one's size,
@@ -26,7 +26,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from .progress import (
+from resumable_magic.progress.model import (
     CheckpointStats,
     ProgressModel,
     Snapshot,

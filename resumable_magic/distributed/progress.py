@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from .progress_text import format_count, format_duration, format_rate
+from resumable_magic.progress.text import format_count, format_duration, format_rate
 
 __all__ = ["MapProgress", "MapSnapshot", "RunProgress", "make_view"]
 
@@ -102,7 +102,7 @@ def _names(path: Any) -> list[str]:
         with contextlib.suppress(OSError), os.scandir(path) as entries:
             return [entry.name for entry in entries]
         return []
-    from .storage import backend_for
+    from resumable_magic.storage.local import backend_for
 
     with contextlib.suppress(OSError):
         return backend_for(path).list("")
@@ -122,8 +122,8 @@ class MapProgress:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
-        from .storage import location
-        from .store import key_to_relpath
+        from resumable_magic.storage.local import location
+        from resumable_magic.store.runstore import key_to_relpath
 
         self.key, self.what = key, what
         self._clock, self._wall = clock, wall
@@ -192,8 +192,8 @@ class MapProgress:
 
     # -- reading the folder ---------------------------------------------------------------------------
     def _read(self, run: RunProgress) -> RunProgress:
-        from .lease import owner_state, read_lease
-        from .store import MANIFEST_RE
+        from resumable_magic.lease.lease import owner_state, read_lease
+        from resumable_magic.store.runstore import MANIFEST_RE
 
         newest, done = None, False
         for name in _names(run.path):
@@ -242,7 +242,7 @@ class MapProgress:
                         if isinstance(record, dict):
                             fields = {k: record.get(k) for k in ("position", "created", "total", "final")}
         else:  # on object storage
-            from .storage import backend_for
+            from resumable_magic.storage.local import backend_for
 
             raw = backend_for(run.path).read_plain(path.name)
             with contextlib.suppress(ValueError, RecursionError, UnicodeDecodeError):

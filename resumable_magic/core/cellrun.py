@@ -1,4 +1,4 @@
-"""One resumable cell: setup, then the loop under a :class:`~resumable_magic.run.Resumable`, then teardown.
+"""One resumable cell: setup, then the loop under a :class:`~resumable_magic.core.run.Resumable`, then teardown.
 
 Plain Python (the magic hands it the cell already transformed into Python, and its namespace).
 Order of a run: the checkpoint is found and checked (nothing runs if resuming would be wrong); setup
@@ -14,7 +14,7 @@ import types
 from collections.abc import MutableMapping, Sequence
 from typing import Any
 
-from .cellsplit import (
+from resumable_magic.core.cellsplit import (
     COUNTER_VAR,
     LOOP_VAR,
     compile_block,
@@ -26,11 +26,11 @@ from .cellsplit import (
     split_last_expression,
     unnamed_changes,
 )
-from .errors import OptionError
-from .policy import Every
-from .progress import ProgressModel
-from .run import Resumable
-from .store import digest
+from resumable_magic.core.policy import Every
+from resumable_magic.core.run import Resumable
+from resumable_magic.errors import OptionError
+from resumable_magic.progress.model import ProgressModel
+from resumable_magic.store.runstore import digest
 
 
 def run_cell(

@@ -43,7 +43,7 @@ import dill._dill as _dill_internals
 import xxhash
 from cloudpickle import cloudpickle as _cp
 
-from .errors import NotSerializableError
+from resumable_magic.errors import NotSerializableError
 
 __all__ = [
     "OUT_OF_BAND_MIN",
@@ -370,9 +370,15 @@ def _from_dill(data: bytes) -> Any:
     return _LiveClassUnpickler(io.BytesIO(data)).load()
 
 
+# Checkpoints name this module's helpers (``_from_dill``, ``_view_as``, ``_make_class``, ...) by module
+# path; before the package had sub-packages this module was ``resumable_magic.serialize``, and the
+# checkpoints written then must still load.
+_MOVED_MODULES = {"resumable_magic.serialize": __name__}
+
+
 class _LiveClassUnpickler(dill.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        found = super().find_class(module, name)
+        found = super().find_class(_MOVED_MODULES.get(module, module), name)
         if module == "dill._dill" and name == "_create_type":
             return _create_type_or_live
         return found

@@ -1,9 +1,9 @@
 """Text of the progress model: formatting of durations, sizes, rates and clock times, and the two
 lines every view shows, the compact progress line and the final summary line.
 
-Pure functions of a :class:`~resumable_magic.progress.Snapshot`; the text view
-(:class:`~resumable_magic.progress.TextProgress`) prints them, the widget uses them as its
-``text/plain`` representation. ``resumable_magic.progress`` re-exports them.
+Pure functions of a :class:`~resumable_magic.progress.model.Snapshot`; the text view
+(:class:`~resumable_magic.progress.model.TextProgress`) prints them, the widget uses them as its
+``text/plain`` representation. ``resumable_magic.progress.model`` re-exports them.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .progress import Snapshot
+    from resumable_magic.progress.model import Snapshot
 
 __all__ = [
     "checkpoint_text",

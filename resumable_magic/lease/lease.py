@@ -18,7 +18,7 @@ commit again. The mutex is held for microseconds; waiting for it is bounded by :
 never broken: a holder stopped inside it may be in the middle of a commit, and breaking the lock would
 let that commit land after a takeover; the others wait, then report the stopped holder.
 
-On object storage there is no file lock: :class:`~resumable_magic.objectstore.ObjectLease` keeps the
+On object storage there is no file lock: :class:`~resumable_magic.storage.fsspec.ObjectLease` keeps the
 same record with conditional writes instead (:func:`make_lease` picks the kind for a run's folder).
 
 A thread holds the GIL between bytecodes only; a single C call that keeps the GIL for longer than
@@ -44,12 +44,12 @@ from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
-from .errors import OwnershipLostError, ResumableError, RunOwnedError
-from .storage import RemotePath
-from .store import TMP_PREFIX, pid_alive
+from resumable_magic.errors import OwnershipLostError, ResumableError, RunOwnedError
+from resumable_magic.storage.local import RemotePath
+from resumable_magic.store.runstore import TMP_PREFIX, pid_alive
 
 if TYPE_CHECKING:
-    from .storage import Where
+    from resumable_magic.storage.local import Where
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -164,7 +164,7 @@ def describe_owner(record: dict[str, Any], now: float | None = None) -> str:
 def read_lease(run_path: Where) -> dict[str, Any] | None:
     """The lease record of the run at ``run_path``, or None (no lease, or unreadable)."""
     if not isinstance(run_path, Path):  # a run on object storage (storage.RemotePath)
-        from .objectstore import read_lease as read_remote_lease
+        from resumable_magic.storage.fsspec import read_lease as read_remote_lease
 
         return read_remote_lease(run_path)
     try:  # O_NONBLOCK: a FIFO planted as owner.json must not hang a listing
@@ -183,10 +183,10 @@ def read_lease(run_path: Where) -> dict[str, Any] | None:
 
 def make_lease(run_path: Where, key: str, timeout: float | None = None) -> Lease:
     """The lease of the run at ``run_path``: :class:`Lease` on disk, an
-    :class:`~resumable_magic.objectstore.ObjectLease` on object storage."""
+    :class:`~resumable_magic.storage.fsspec.ObjectLease` on object storage."""
     if isinstance(run_path, Path):
         return Lease(run_path, key, timeout)
-    from .objectstore import ObjectLease
+    from resumable_magic.storage.fsspec import ObjectLease
 
     return ObjectLease(run_path, key, timeout)
 

@@ -7,7 +7,7 @@ good checkpoint), the time of that checkpoint, its size on disk and, for a faile
 States, decided in this order:
 
 ``finished``     the DONE record names the newest good generation.
-``running``      the run's lease (``owner.json``, see :mod:`resumable_magic.lease`) is held and live:
+``running``      the run's lease (``owner.json``, see :mod:`resumable_magic.lease.lease`) is held and live:
                  not released, its heartbeat younger than its timeout and, on this host, its process
                  alive. The heartbeat comes from a thread, so long iterations do not look dead.
 ``interrupted``  / ``failed``: as recorded in ``outcome.json`` when the last attempt ended.
@@ -25,10 +25,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ResumableError
-from .lease import owner_state, read_lease
-from .storage import RemotePath, Where, location
-from .store import MANIFEST_RE, Checkpoint, RunStore
+from resumable_magic.errors import ResumableError
+from resumable_magic.lease.lease import owner_state, read_lease
+from resumable_magic.storage.local import RemotePath, Where, location
+from resumable_magic.store.runstore import MANIFEST_RE, Checkpoint, RunStore
 
 __all__ = ["STATES", "RunInfo", "find_run", "list_runs"]
 
@@ -83,7 +83,7 @@ def list_runs(directory: str | os.PathLike[str] | RemotePath) -> list[RunInfo]:
     when there is none."""
     root = location(directory)
     if isinstance(root, RemotePath):  # one recursive listing gives the runs and their sizes
-        from .objectstore import run_folders
+        from resumable_magic.storage.fsspec import run_folders
 
         runs = [_inspect(root, path, size) for path, size in run_folders(root).items()]
     else:

@@ -25,10 +25,13 @@ from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
-from . import iteration, messages, rng
-from .checkpointing import RNG_KEY as _RNG_KEY
-from .checkpointing import SNAPSHOT_WAIT, Checkpointing
-from .errors import (
+from resumable_magic.core import iteration, messages
+from resumable_magic.core.checkpoint import RNG_KEY as _RNG_KEY
+from resumable_magic.core.checkpoint import SNAPSHOT_WAIT, Checkpointing
+from resumable_magic.core.forked_writer import Snapshot
+from resumable_magic.core.policy import CheckpointPolicy, Every, parse_every, parse_size
+from resumable_magic.core.wakeup import TICK_SECONDS, Wakeup
+from resumable_magic.errors import (
     CheckpointFormatError,
     CheckpointWriteError,
     InputsChangedError,
@@ -40,19 +43,17 @@ from .errors import (
     UntrustedCheckpointError,
     ValuesDroppedError,
 )
-from .fingerprint import fingerprint_inputs, fingerprint_item
-from .lease import make_lease
-from .policy import CheckpointPolicy, Every, parse_every, parse_size
-from .progress import (
+from resumable_magic.lease.lease import make_lease
+from resumable_magic.progress.model import (
     ProgressModel,
     ResumeInfo,
     StartInfo,
     TextProgress,
 )
-from .serialize import decode_state
-from .snapshot import Snapshot
-from .store import Checkpoint, ReadResult, RunStore
-from .wakeup import TICK_SECONDS, Wakeup
+from resumable_magic.state import rng
+from resumable_magic.state.fingerprint import fingerprint_inputs, fingerprint_item
+from resumable_magic.state.serialize import decode_state
+from resumable_magic.store.runstore import Checkpoint, ReadResult, RunStore
 
 __all__ = ["Resumable", "default_directory", "load", "variables_of"]
 
@@ -63,7 +64,7 @@ _MISSING = iteration.MISSING  # "no item": a checkpoint not taken at a for-loop 
 def default_directory() -> Path | str:
     """``$RESUMABLE_DIR``, else ``.resumable`` in the current working directory. A URL
     (``s3://bucket/prefix``) is returned as it is: ``Path`` would fold its ``//``."""
-    from .storage import is_url
+    from resumable_magic.storage.local import is_url
 
     value = os.environ.get("RESUMABLE_DIR") or ".resumable"
     return value if is_url(value) else Path(value)

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
-from .progress_text import (
+from resumable_magic.progress.text import (
     checkpoint_text,
     format_clock,
     format_count,

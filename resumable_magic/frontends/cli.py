@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .progress_text import format_size
+from resumable_magic.progress.text import format_size
 
 _COLOURS = {"finished": "32", "running": "33", "crashed": "31", "failed": "31", "interrupted": "90"}
 COLUMNS = ("KEY", "PARAMS", "STATE", "PROGRESS", "LAST CHECKPOINT", "SIZE", "NOTE")
@@ -89,11 +89,11 @@ def history_lines(manifest: dict[str, Any], info: Any) -> list[str]:
 
 def _directory(args: argparse.Namespace) -> Any:
     """The checkpoint folder: a local :class:`~pathlib.Path` or a ``storage.RemotePath`` (a URL)."""
-    from .storage import location
+    from resumable_magic.storage.local import location
 
     if args.dir is not None:
         return location(args.dir)
-    from .run import default_directory
+    from resumable_magic.core.run import default_directory
 
     return location(default_directory())
 
@@ -104,7 +104,7 @@ def _is_folder(directory: Any) -> bool:
 
 
 def _find(directory: Any, key: str) -> Any:
-    from .catalog import find_run
+    from resumable_magic.store.catalog import find_run
 
     info = find_run(directory, key)
     if info is None:
@@ -116,7 +116,7 @@ def _find(directory: Any, key: str) -> Any:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .catalog import list_runs
+    from resumable_magic.store.catalog import list_runs
 
     directory = _directory(args)
     if not _is_folder(directory):
@@ -144,8 +144,8 @@ def _value_size(value: Any) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .run import variables_of
-    from .store import RunStore
+    from resumable_magic.core.run import variables_of
+    from resumable_magic.store.runstore import RunStore
 
     directory = _directory(args)
     info = _find(directory, args.key)
@@ -191,7 +191,7 @@ def _remove_run_files(path: Any) -> None:
     """Delete one run's own files (nested runs below it stay), then its folder if it is empty."""
     import shutil
 
-    from .store import MANIFEST_RE, TMP_PREFIX, RunStore
+    from resumable_magic.store.runstore import MANIFEST_RE, TMP_PREFIX, RunStore
 
     if not isinstance(path, Path):  # on object storage: delete its objects, one by one
         store = RunStore.at(path, path.name)
@@ -223,7 +223,7 @@ def _remove_run_files(path: Any) -> None:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    from .lease import describe_owner
+    from resumable_magic.lease.lease import describe_owner
 
     directory = _directory(args)
     status = 0
@@ -253,10 +253,10 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from .catalog import list_runs
-    from .errors import RunOwnedError
-    from .lease import make_lease
-    from .store import RunStore
+    from resumable_magic.errors import RunOwnedError
+    from resumable_magic.lease.lease import make_lease
+    from resumable_magic.store.catalog import list_runs
+    from resumable_magic.store.runstore import RunStore
 
     directory = _directory(args)
     if not _is_folder(directory):
@@ -289,12 +289,12 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_trust(args: argparse.Namespace) -> int:
-    from .errors import ResumableError
-    from .trust import find_runs, key_source, trust_run
+    from resumable_magic.errors import ResumableError
+    from resumable_magic.trust.keys import find_runs, key_source, trust_run
 
     status = 0
     for given in args.paths:
-        from .storage import is_url
+        from resumable_magic.storage.local import is_url
 
         if is_url(given) and not given.lower().startswith("file://"):
             print(
@@ -391,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"resumable {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # ResumableError, OSError, or a checkpoint that cannot be unpickled
-        from .errors import ResumableError
+        from resumable_magic.errors import ResumableError
 
         if not isinstance(exc, (ResumableError, OSError)) and args.command != "show":
             raise

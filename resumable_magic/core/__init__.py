@@ -1,0 +1,1 @@
+"""One resumable run of a loop: split the cell, restore, iterate, decide and take checkpoints."""

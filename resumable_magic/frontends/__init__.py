@@ -1,0 +1,1 @@
+"""The faces of the package, kept thin: the cell magics and the ``resumable`` command."""

@@ -1,0 +1,1 @@
+"""Values to bytes and back, and fingerprints of values: nothing about files."""

@@ -1,0 +1,1 @@
+"""The on-disk format of checkpoints, and the only code that reads or writes it."""

@@ -1,0 +1,1 @@
+"""Whose checkpoints are loaded: the signing key, signatures and their verification."""
