@@ -61,7 +61,7 @@ class Checkpointing:
             pass
         state, manifest = self._capture(item, final)
         refusal = (
-            "synchronous checkpoint" if sync else fork_refusal(self._last_size, self.store.backend.forks)
+            "synchronous checkpoint" if sync else fork_refusal(self._last_size, self.store.can_fork)
         )
         self.progress.checkpoint_started(position)
         if refusal is None:
@@ -132,7 +132,7 @@ class Checkpointing:
         if child:
             crash_point("background")
             self.store.fence = self.lease.in_child().fenced
-            self.store.backend = self.store.backend.in_child()  # its own S3 connections
+            self.store.for_forked_child()  # its own S3 connections
         try:
             encoded = encode_state(state)
         except NotSerializableError:
@@ -157,14 +157,13 @@ class Checkpointing:
             "size": encoded.nbytes,
             "created": manifest["created"],
         }
-        if child and not self.store.local:  # the parent need not upload these again
+        if child:  # the parent need not store these again (on object storage: upload)
             result["verified"] = [entry["digest"] for entry in [manifest["state"], *manifest["buffers"]]]
         return result
 
     def _committed(self, result: dict[str, Any], position: int, blocked: float, *, background: bool) -> int:
         generation = int(result["generation"])
-        for name in result.get("verified") or ():  # blobs a forked writer stored on object storage
-            self.store.backend.mark_verified(str(name))
+        self.store.accept_verified(result.get("verified") or ())  # what a forked writer stored
         self.store.seen_generation = max(self.store.seen_generation, generation)
         self._last_generation, self._last_position, self._last_size = (
             generation,
@@ -229,7 +228,7 @@ class Checkpointing:
         if self.max_size is not None and size > self.max_size and "limit" not in self._size_warned:
             self._size_warned.add("limit")
             self._warn(messages.size_limit_text(position, size, self.max_size))
-        free = self.store.backend.free_space()
+        free = self.store.free_space()
         if free is None:  # an object store
             return
         if free < 2 * size and "disk" not in self._size_warned:

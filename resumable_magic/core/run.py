@@ -43,7 +43,6 @@ from resumable_magic.errors import (
     UntrustedCheckpointError,
     ValuesDroppedError,
 )
-from resumable_magic.lease.lease import make_lease
 from resumable_magic.progress.model import (
     ProgressModel,
     ResumeInfo,
@@ -115,7 +114,7 @@ class Resumable(Checkpointing):
         self.namespace = namespace
         self.names = tuple(names) if names is not None else tuple(namespace)
         self.store = RunStore(dir if dir is not None else default_directory(), key)
-        self.lease = make_lease(self.store.path, key)
+        self.lease = self.store.new_lease()
         self.policy = CheckpointPolicy(parse_every(every))
         self.max_size = parse_size(max_size if max_size is not None else os.environ.get("RESUMABLE_MAX_SIZE"))
         self._size_warned: set[str] = set()

@@ -141,6 +141,21 @@ class Checkpoint:
         return float(self.manifest["created"])
 
 
+_GLANCE_MAX = 4 << 20  # a manifest is a few KiB; a larger file is not one a run wrote
+
+
+@dataclass(frozen=True)
+class Glance:
+    """A run's newest generation as :meth:`RunStore.glance` saw it (unverified: for display only)."""
+
+    generation: int | None
+    position: int | None
+    created: float | None
+    total: int | None
+    final: bool
+    done: bool  # a DONE record is present
+
+
 @dataclass
 class ReadResult:
     """The newest good checkpoint (or None) and the damage found on the way to it."""
@@ -174,6 +189,62 @@ class RunStore:
         store.key, store.path, store.objects = key, path, path / "objects"
         store.backend = backend_for(path)
         return store
+
+    # -- what the layers above ask of the storage, without asking what kind it is ----------------------
+    @property
+    def can_fork(self) -> bool:
+        """True when a forked child can write this run's checkpoints (not ``memory://``)."""
+        return bool(self.backend.forks)
+
+    def for_forked_child(self) -> None:
+        """Make this store usable in a forked child: its backend's own connections (S3 clients must
+        not cross a fork); local files need nothing new."""
+        self.backend = self.backend.in_child()
+
+    def accept_verified(self, names: Iterable[str]) -> None:
+        """Blobs a forked child stored and verified: the parent need not store them again."""
+        for name in names:
+            self.backend.mark_verified(str(name))
+
+    def free_space(self) -> int | None:
+        """Bytes free where the run's files live; None where that has no meaning (object storage)."""
+        result: int | None = self.backend.free_space()
+        return result
+
+    def new_lease(self, timeout: float | None = None) -> Any:
+        """A lease on this run (not yet acquired): :class:`~resumable_magic.lease.lease.Lease`."""
+        from resumable_magic.lease.lease import make_lease
+
+        return make_lease(self.path, self.key, timeout)
+
+    def owner(self) -> dict[str, Any] | None:
+        """The run's lease record (who executes it, its heartbeat and position), or None."""
+        from resumable_magic.lease.lease import read_lease
+
+        return read_lease(self.path)
+
+    def glance(self) -> Glance:
+        """The newest generation's position and time for display, cheaply: its manifest is read but
+        neither verified nor trusted (nothing in it is unpickled). For progress views polling many
+        runs; decisions use :meth:`read_latest`."""
+        names = self.backend.list("")
+        generations = [int(m.group(1)) for m in map(MANIFEST_RE.match, names) if m]
+        newest = max(generations, default=None)
+        fields: dict[str, Any] = {}
+        if newest is not None:
+            raw = self.backend.read_plain(self._manifest_name(newest))
+            with contextlib.suppress(ValueError, RecursionError, UnicodeDecodeError, TypeError):
+                record = json.loads(raw[:_GLANCE_MAX]) if raw else None
+                if isinstance(record, dict):
+                    fields = record
+        return Glance(
+            generation=newest,
+            position=fields.get("position") if type(fields.get("position")) is int else None,
+            created=fields.get("created") if type(fields.get("created")) in (int, float) else None,
+            total=fields.get("total") if type(fields.get("total")) is int else None,
+            final=bool(fields.get("final")),
+            done="DONE" in names,
+        )
 
     @property
     def local(self) -> bool:
