@@ -100,7 +100,7 @@ class NotSerializableError(ResumableError, TypeError):
 class CheckpointCorruptError(ResumableError):
     """A checkpoint file failed its checksum or could not be parsed."""
 
-    def __init__(self, path: Path | str, reason: str) -> None:
+    def __init__(self, path: object, reason: str) -> None:
         self.path, self.reason = _path(path), reason
         super().__init__(f"Checkpoint file {str(path)!r} is damaged: {reason}.")
 
@@ -108,7 +108,7 @@ class CheckpointCorruptError(ResumableError):
 class CheckpointWriteError(ResumableError, OSError):
     """A checkpoint the run cannot go on without (the first, the final) could not be written."""
 
-    def __init__(self, path: Path | str, what: str, cause: OSError, kept: str) -> None:
+    def __init__(self, path: object, what: str, cause: OSError, kept: str) -> None:
         self.path, self.cause = _path(path), cause
         super().__init__(
             f"Cannot write the {what} to {str(path)!r}: {cause.strerror or cause}. Free space or choose "
@@ -120,7 +120,7 @@ class CheckpointWriteError(ResumableError, OSError):
 class CheckpointFormatError(ResumableError):
     """A checkpoint was written by an incompatible version of the on-disk format."""
 
-    def __init__(self, path: Path | str, found: object, supported: int) -> None:
+    def __init__(self, path: object, found: object, supported: int) -> None:
         self.path, self.found, self.supported = _path(path), found, supported
         super().__init__(
             f"Checkpoint {str(path)!r} uses format version {found!r}; this resumable_magic reads "
@@ -231,9 +231,7 @@ class UntrustedCheckpointError(CheckpointCorruptError):
     trusted checkpoint is used; a listing reports it), but with its own message.
     """
 
-    def __init__(
-        self, path: Path | str, reason: str, remedy: str = "", what: str = "checkpoint file"
-    ) -> None:
+    def __init__(self, path: object, reason: str, remedy: str = "", what: str = "checkpoint file") -> None:
         self.path, self.reason, self.remedy = _path(path), reason, remedy
         ResumableError.__init__(
             self,

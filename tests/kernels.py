@@ -59,6 +59,8 @@ import pytest
 import zmq
 from jupyter_client import KernelManager
 
+from resumable_magic.lease.procs import pid_alive
+
 __all__ = [
     "DEFAULT_TIMEOUT",
     "REPO_ROOT",
@@ -303,26 +305,6 @@ def wait_for(
         time.sleep(interval)
 
 
-def _pid_alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    # state is the field after the parenthesised command name
-    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
-    return state not in (b"Z", b"X")
-
-
 # ---------------------------------------------------------------------------
 # The kernel handle
 # ---------------------------------------------------------------------------
@@ -333,7 +315,7 @@ _ALL_PIDS: list[int] = []
 
 def live_kernel_pids() -> list[int]:
     """Pids of kernels started by this process (any handle, any restart) that still run."""
-    return [pid for pid in _ALL_PIDS if _pid_alive(pid)]
+    return [pid for pid in _ALL_PIDS if pid_alive(pid)]
 
 
 class KernelHandle:
@@ -814,7 +796,7 @@ def kernel_factory(tmp_path: Path) -> Iterator[Callable[..., KernelHandle]]:
     pids = [pid for h in handles for pid in h.pids]
     for h in handles:
         h.shutdown()
-    leftover = [pid for pid in pids if _pid_alive(pid)]
+    leftover = [pid for pid in pids if pid_alive(pid)]
     assert not leftover, f"kernel processes still alive after shutdown: {leftover}"
 
 

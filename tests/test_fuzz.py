@@ -34,7 +34,9 @@ from resumable_magic.errors import CheckpointCorruptError, ResumableError
 from resumable_magic.frontends import cli
 from resumable_magic.progress.model import ProgressModel
 from resumable_magic.store.catalog import list_runs
-from resumable_magic.store.runstore import RunStore, _sealed, _unseal
+from resumable_magic.store.records import seal as _sealed
+from resumable_magic.store.records import unseal as _unseal
+from resumable_magic.store.runstore import RunStore
 
 KEY = "fuzzed"
 EXAMPLES = int(os.environ.get("RESUMABLE_FUZZ_EXAMPLES", "150"))

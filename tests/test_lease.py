@@ -16,7 +16,8 @@ import pytest
 
 from resumable_magic import Resumable
 from resumable_magic.errors import OwnershipLostError, RunOwnedError
-from resumable_magic.lease.lease import LEASE_FILE, Lease, owner_state, process_start_time, read_lease
+from resumable_magic.lease.lease import LEASE_FILE, Lease, owner_state, read_lease
+from resumable_magic.lease.procs import process_start_time
 from resumable_magic.store.runstore import RunStore
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,8 @@ import pytest
 from resumable_magic.errors import CheckpointFormatError, OptionError
 from resumable_magic.storage import local as storage
 from resumable_magic.store import records
-from resumable_magic.store.runstore import RunStore, _sealed, digest, key_to_relpath
+from resumable_magic.store.records import seal as _sealed
+from resumable_magic.store.runstore import RunStore, digest, key_to_relpath
 
 
 def commit(store: RunStore, payload: bytes, position: int, keep: int | None = None) -> int:

@@ -21,10 +21,10 @@ from loops import Recorder
 from resumable_magic import Resumable, load
 from resumable_magic.errors import OwnershipLostError, ResumableError, RunOwnedError
 from resumable_magic.frontends import cli
-from resumable_magic.lease.lease import make_lease, read_lease
+from resumable_magic.lease.lease import ObjectLease, make_lease, read_lease
 from resumable_magic.progress.model import ProgressModel
-from resumable_magic.storage.fsspec import ObjectLease
-from resumable_magic.storage.local import RemotePath, location
+from resumable_magic.storage.base import location
+from resumable_magic.storage.paths import RemotePath
 from resumable_magic.store.catalog import list_runs
 from resumable_magic.store.runstore import RunStore
 

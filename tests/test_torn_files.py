@@ -26,7 +26,8 @@ from resumable_magic import Resumable, load
 from resumable_magic.errors import CheckpointFormatError, NoCheckpointError, ResumableError
 from resumable_magic.frontends import cli
 from resumable_magic.store.catalog import find_run, list_runs
-from resumable_magic.store.runstore import FORMAT_VERSION, RunStore, _sealed
+from resumable_magic.store.records import seal as _sealed
+from resumable_magic.store.runstore import FORMAT_VERSION, RunStore
 
 KEY = "torn"
 N = 12
@@ -363,7 +364,7 @@ def test_fresh_starts_over_past_a_checkpoint_of_another_format_version(tmp_path)
     import json
 
     from resumable_magic.errors import CheckpointFormatError
-    from resumable_magic.store.runstore import _sealed
+    from resumable_magic.store.records import seal as _sealed
 
     state = {"total": 0}
     with Resumable("v", state, dir=tmp_path) as run:

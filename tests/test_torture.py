@@ -40,7 +40,7 @@ import pytest
 import torture_report as report
 
 from resumable_magic.errors import ResumableError
-from resumable_magic.store import runstore as store_module
+from resumable_magic.store import records as store_module
 from resumable_magic.store.runstore import CRASH_STEPS, RunStore
 
 WORKER = Path(__file__).with_name("torture_worker.py")
@@ -199,13 +199,13 @@ def unreadable_files(store: RunStore) -> list[str]:
     bad = []
     for path in sorted(store.path.glob("manifest.*.json")):
         try:
-            manifest = store_module._unseal(path)
+            manifest = store_module.unseal(path)
             store.read_blob(manifest["state"]["digest"])
         except ResumableError as exc:
             bad.append(str(exc))
     if (store.path / "DONE").exists():
         try:
-            store_module._unseal(store.path / "DONE")
+            store_module.unseal(store.path / "DONE")
         except ResumableError as exc:
             bad.append(str(exc))
     return bad

@@ -35,7 +35,8 @@ from resumable_magic.errors import OptionError, UntrustedCheckpointError
 from resumable_magic.frontends import cli
 from resumable_magic.progress.model import ProgressModel
 from resumable_magic.storage.blobs import strong_hash
-from resumable_magic.store.runstore import RunStore, _canonical, digest
+from resumable_magic.store.records import canonical as _canonical
+from resumable_magic.store.runstore import RunStore, digest
 from resumable_magic.trust.keys import SECRET_FILE_NAME, sign, signing_key, verify
 
 ROOT = Path(__file__).resolve().parents[1]

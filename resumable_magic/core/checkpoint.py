@@ -25,7 +25,7 @@ from resumable_magic.progress.model import CheckpointStats, format_duration, for
 from resumable_magic.state import rng
 from resumable_magic.state.fingerprint import fingerprint_item
 from resumable_magic.state.serialize import encode_state
-from resumable_magic.storage.local import crash_point
+from resumable_magic.storage.crashpoints import crash_point
 from resumable_magic.store.runstore import digest
 
 RNG_KEY = "__resumable_rng__"
@@ -35,7 +35,7 @@ SNAPSHOT_WAIT = 600.0  # seconds to wait for a background writer before killing 
 def _versions() -> dict[str, str]:
     import dill
 
-    from resumable_magic import __version__
+    from resumable_magic._version import __version__
 
     return {"python": sys.version.split()[0], "dill": dill.__version__, "resumable_magic": __version__}
 
@@ -60,9 +60,7 @@ class Checkpointing:
         with self.store.fence():  # a writer that lost the run stops before writing anything
             pass
         state, manifest = self._capture(item, final)
-        refusal = (
-            "synchronous checkpoint" if sync else fork_refusal(self._last_size, self.store.can_fork)
-        )
+        refusal = "synchronous checkpoint" if sync else fork_refusal(self._last_size, self.store.can_fork)
         self.progress.checkpoint_started(position)
         if refusal is None:
             self._snapshot = Snapshot.start(lambda: self._write(state, manifest, final, child=True), position)

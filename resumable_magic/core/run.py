@@ -63,7 +63,7 @@ _MISSING = iteration.MISSING  # "no item": a checkpoint not taken at a for-loop 
 def default_directory() -> Path | str:
     """``$RESUMABLE_DIR``, else ``.resumable`` in the current working directory. A URL
     (``s3://bucket/prefix``) is returned as it is: ``Path`` would fold its ``//``."""
-    from resumable_magic.storage.local import is_url
+    from resumable_magic.storage.paths import is_url
 
     value = os.environ.get("RESUMABLE_DIR") or ".resumable"
     return value if is_url(value) else Path(value)

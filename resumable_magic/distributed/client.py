@@ -173,7 +173,7 @@ def _directory(dir: str | os.PathLike[str] | None) -> Any:
     mounted at the same path) find it; an fsspec URL (``s3://bucket/prefix``) as it is, which every
     worker reaches the same way."""
     from resumable_magic.core.run import default_directory
-    from resumable_magic.storage.local import location
+    from resumable_magic.storage.base import location
 
     where = location(dir if dir is not None else default_directory())
     return where if not isinstance(where, Path) else Path(os.path.abspath(where))
@@ -182,7 +182,7 @@ def _directory(dir: str | os.PathLike[str] | None) -> Any:
 def _existing_shard_counts(map_dir: Any) -> list[int]:
     counts: set[int] = set()
     if not isinstance(map_dir, Path):  # on object storage: the shards' folders are prefixes
-        from resumable_magic.storage.local import backend_for
+        from resumable_magic.storage.base import open_backend as backend_for
 
         with contextlib.suppress(OSError):
             for name in backend_for(map_dir).list(""):

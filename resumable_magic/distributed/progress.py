@@ -102,7 +102,7 @@ def _names(path: Any) -> list[str]:
         with contextlib.suppress(OSError), os.scandir(path) as entries:
             return [entry.name for entry in entries]
         return []
-    from resumable_magic.storage.local import backend_for
+    from resumable_magic.storage.base import open_backend as backend_for
 
     with contextlib.suppress(OSError):
         return backend_for(path).list("")
@@ -122,7 +122,7 @@ class MapProgress:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
-        from resumable_magic.storage.local import location
+        from resumable_magic.storage.base import location
         from resumable_magic.store.runstore import key_to_relpath
 
         self.key, self.what = key, what
@@ -242,7 +242,7 @@ class MapProgress:
                         if isinstance(record, dict):
                             fields = {k: record.get(k) for k in ("position", "created", "total", "final")}
         else:  # on object storage
-            from resumable_magic.storage.local import backend_for
+            from resumable_magic.storage.base import open_backend as backend_for
 
             raw = backend_for(run.path).read_plain(path.name)
             with contextlib.suppress(ValueError, RecursionError, UnicodeDecodeError):

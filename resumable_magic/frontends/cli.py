@@ -38,7 +38,7 @@ def when(wall_time: Any) -> str:
 
 def table_rows(runs: Sequence[Any]) -> list[tuple[str, ...]]:
     """The status table's cells, one tuple per run (shared with ``%resumable_status``)."""
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for run in runs:
         note = run.error or run.note or ""
         if run.problems and not note:
@@ -89,7 +89,7 @@ def history_lines(manifest: dict[str, Any], info: Any) -> list[str]:
 
 def _directory(args: argparse.Namespace) -> Any:
     """The checkpoint folder: a local :class:`~pathlib.Path` or a ``storage.RemotePath`` (a URL)."""
-    from resumable_magic.storage.local import location
+    from resumable_magic.storage.base import location
 
     if args.dir is not None:
         return location(args.dir)
@@ -100,7 +100,9 @@ def _directory(args: argparse.Namespace) -> Any:
 
 def _is_folder(directory: Any) -> bool:
     """A local folder that exists; a URL always counts (an empty prefix simply holds no runs)."""
-    return not isinstance(directory, Path) or directory.is_dir()
+    from resumable_magic.storage.base import open_backend
+
+    return open_backend(directory).is_folder()
 
 
 def _find(directory: Any, key: str) -> Any:
@@ -187,43 +189,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _remove_run_files(path: Any) -> None:
-    """Delete one run's own files (nested runs below it stay), then its folder if it is empty."""
-    import shutil
-
-    from resumable_magic.store.runstore import MANIFEST_RE, TMP_PREFIX, RunStore
-
-    if not isinstance(path, Path):  # on object storage: delete its objects, one by one
-        store = RunStore.at(path, path.name)
-        for name in store._files():
-            if (
-                name.startswith("objects/")
-                or MANIFEST_RE.match(name)
-                or name
-                in (
-                    "DONE",
-                    "outcome.json",
-                    "owner.json",
-                )
-            ):
-                store.backend.delete(name)
-        return
-
-    if (path / "objects").exists():
-        shutil.rmtree(path / "objects")
-    for entry in os.listdir(path):
-        if (
-            MANIFEST_RE.match(entry)
-            or entry in ("DONE", "outcome.json", "owner.json", "owner.lock")
-            or entry.startswith(TMP_PREFIX)
-        ):
-            os.unlink(path / entry)
-    if not os.listdir(path):
-        path.rmdir()
-
-
 def cmd_rm(args: argparse.Namespace) -> int:
     from resumable_magic.lease.lease import describe_owner
+    from resumable_magic.store import housekeeping
+    from resumable_magic.store.runstore import RunStore
 
     directory = _directory(args)
     status = 0
@@ -235,16 +204,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
                     f"run {key!r} is running ({describe_owner(info.owner or {})}); "
                     f"stop it first: nothing was deleted"
                 )
-            _remove_run_files(info.path)
-            parent = info.path.parent
-            while (
-                isinstance(parent, Path)
-                and parent != directory
-                and parent.is_dir()
-                and not os.listdir(parent)
-            ):
-                parent.rmdir()  # the empty folders of a nested key
-                parent = parent.parent
+            housekeeping.remove(RunStore.at(info.path, info.key, directory))
             print(f"removed {key} ({format_size(info.size)})")
         except _Failure as exc:
             print(f"resumable rm: {exc}", file=sys.stderr)
@@ -254,7 +214,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     from resumable_magic.errors import RunOwnedError
-    from resumable_magic.lease.lease import make_lease
+    from resumable_magic.store import housekeeping
     from resumable_magic.store.catalog import list_runs
     from resumable_magic.store.runstore import RunStore
 
@@ -267,7 +227,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     verb = "would free" if args.dry_run else "freed"
     for run in runs:
         store = RunStore.at(run.path, run.key)
-        lease = make_lease(run.path, run.key)
+        lease = store.new_lease()
         try:
             lease.acquire()  # a run being executed is never touched
         except RunOwnedError:
@@ -275,8 +235,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
             continue
         store.fence = lease.fenced
         try:
-            pruned = store.prune(args.dry_run)
-            dropped = store.drop_values(args.dry_run) if args.final_values else 0
+            pruned = housekeeping.prune(store, args.dry_run)
+            dropped = housekeeping.drop_values(store, args.dry_run) if args.final_values else 0
         finally:
             lease.release(undo=True)
         if pruned:
@@ -290,13 +250,14 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 def cmd_trust(args: argparse.Namespace) -> int:
     from resumable_magic.errors import ResumableError
-    from resumable_magic.trust.keys import find_runs, key_source, trust_run
+    from resumable_magic.storage.base import location, open_backend
+    from resumable_magic.store.resign import find_runs, trust_run
+    from resumable_magic.trust.keys import key_source
 
     status = 0
     for given in args.paths:
-        from resumable_magic.storage.local import is_url
-
-        if is_url(given) and not given.lower().startswith("file://"):
+        top = location(given)
+        if not open_backend(top).checks_permissions:
             print(
                 f"resumable trust: {given!r} is on object storage, where there are no file owners to "
                 f"fix and checkpoints are trusted by their signature alone: set $RESUMABLE_SIGNING_KEY "
@@ -305,7 +266,7 @@ def cmd_trust(args: argparse.Namespace) -> int:
             )
             status = 1
             continue
-        top = Path(given[len("file://") :] if given.lower().startswith("file://") else given)
+        assert isinstance(top, Path)  # a location whose files have owners is a local folder
         runs = find_runs(top) if top.is_dir() else []
         if not runs:
             what = "no checkpoints in" if top.is_dir() else "no folder"

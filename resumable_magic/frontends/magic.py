@@ -20,7 +20,8 @@ from resumable_magic.core.cellsplit import split_cell
 from resumable_magic.core.run import default_directory
 from resumable_magic.errors import CellStructureError
 from resumable_magic.progress.model import ProgressModel
-from resumable_magic.store.runstore import RunStore, digest
+from resumable_magic.storage.blobs import digest
+from resumable_magic.store.runstore import RunStore
 
 
 def derive_key(names: list[str], header: str, notebook: str | None, cell_id: str | None) -> str:
@@ -127,6 +128,7 @@ class ResumableMagics(Magics):
                 f"{bad[0]!r} is not a variable name; name the state variables, e.g. %%resumable total results"
             )
         shell = self.shell
+        assert shell is not None  # registered on a shell by load_ipython_extension
         source = shell.transform_cell(cell)
         progress = self._make_progress(args.quiet or self.quiet)
         directory = args.dir or self.dir
@@ -171,7 +173,7 @@ class ResumableMagics(Magics):
         return parser.parse_intermixed_args(arg_split(line))
 
     def _notebook_path(self) -> str | None:
-        ns = self.shell.user_ns
+        ns = self.shell.user_ns if self.shell is not None else {}
         return (
             ns.get("__session__")
             or ns.get("__vsc_ipynb_file__")

@@ -32,7 +32,6 @@ import contextlib
 import json
 import os
 import socket
-import stat
 import threading
 import time
 import uuid
@@ -40,22 +39,19 @@ import weakref
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from filelock import FileLock, Timeout
+from typing import Any
 
 from resumable_magic.errors import OwnershipLostError, ResumableError, RunOwnedError
-from resumable_magic.storage.local import RemotePath
-from resumable_magic.store.runstore import TMP_PREFIX, pid_alive
-
-if TYPE_CHECKING:
-    from resumable_magic.storage.local import Where
+from resumable_magic.lease.procs import pid_alive, process_start_time
+from resumable_magic.storage.base import Backend, WriteConflict, open_backend
+from resumable_magic.storage.paths import RemotePath, Where
 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "LEASE_FILE",
     "LOCK_FILE",
     "Lease",
+    "ObjectLease",
     "describe_owner",
     "lease_timeout",
     "make_lease",
@@ -82,34 +78,6 @@ def lease_timeout() -> float:
     except ValueError:
         value = DEFAULT_TIMEOUT
     return value if value > 0 else DEFAULT_TIMEOUT
-
-
-# -- processes -------------------------------------------------------------------------------------
-
-
-def _boot_time() -> float | None:
-    try:
-        with open("/proc/stat") as f:
-            for line in f:
-                if line.startswith("btime "):
-                    return float(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def process_start_time(pid: int) -> float | None:
-    """Wall time at which process ``pid`` started (Linux ``/proc``), or None where unknown."""
-    boot = _boot_time()
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        ticks = int(fields[19])  # field 22 of stat(5): starttime, counted from ')' + 1 = field 3
-    except (OSError, IndexError, ValueError):
-        return None
-    if boot is None:
-        return None
-    return round(boot + ticks / os.sysconf("SC_CLK_TCK"), 2)
 
 
 def owner_state(record: dict[str, Any], now: float | None = None) -> str:
@@ -161,19 +129,17 @@ def describe_owner(record: dict[str, Any], now: float | None = None) -> str:
     )
 
 
-def read_lease(run_path: Where) -> dict[str, Any] | None:
-    """The lease record of the run at ``run_path``, or None (no lease, or unreadable)."""
-    if not isinstance(run_path, Path):  # a run on object storage (storage.RemotePath)
-        from resumable_magic.storage.fsspec import read_lease as read_remote_lease
+def read_lease(run: Where | Backend) -> dict[str, Any] | None:
+    """The lease record of the run at ``run`` (a folder or its backend), or None (none, or unreadable)."""
+    backend = open_backend(run) if isinstance(run, (Path, RemotePath)) else run
+    found = backend.read_tagged(LEASE_FILE)
+    return _parse(found[0]) if found else None
 
-        return read_remote_lease(run_path)
-    try:  # O_NONBLOCK: a FIFO planted as owner.json must not hang a listing
-        fd = os.open(run_path / LEASE_FILE, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                return None
-            record = json.loads(f.read())
-    except (OSError, ValueError, RecursionError):
+
+def _parse(data: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep JSON, huge numbers: no lease we wrote
         return None
     return record if isinstance(record, dict) else None
 
@@ -181,49 +147,47 @@ def read_lease(run_path: Where) -> dict[str, Any] | None:
 # -- the lease -------------------------------------------------------------------------------------
 
 
-def make_lease(run_path: Where, key: str, timeout: float | None = None) -> Lease:
-    """The lease of the run at ``run_path``: :class:`Lease` on disk, an
-    :class:`~resumable_magic.storage.fsspec.ObjectLease` on object storage."""
-    if isinstance(run_path, Path):
-        return Lease(run_path, key, timeout)
-    from resumable_magic.storage.fsspec import ObjectLease
-
-    return ObjectLease(run_path, key, timeout)
+def make_lease(run: Where | Backend, key: str, timeout: float | None = None) -> Lease:
+    """The lease of the run at ``run`` (a folder or its backend): an :class:`ObjectLease` where the
+    backend's register is compare-and-swap (sparser heartbeats), else a :class:`Lease`."""
+    backend = open_backend(run) if isinstance(run, (Path, RemotePath)) else run
+    kind = ObjectLease if backend.compare_and_swap else Lease
+    return kind(backend, key, timeout)
 
 
 class Lease:
     """This process's claim on one run. :meth:`acquire`, then :meth:`start_heartbeat`, finally :meth:`release`."""
 
-    def __init__(self, run_path: Path, key: str, timeout: float | None = None) -> None:
-        self.path: Any = run_path if isinstance(run_path, RemotePath) else Path(run_path)
+    HEARTBEAT = HEARTBEAT_SECONDS
+
+    def __init__(self, run: Where | Backend, key: str, timeout: float | None = None) -> None:
+        self.backend: Backend = open_backend(run) if isinstance(run, (Path, RemotePath)) else run
+        self.path: Where = self.backend.where()
         self.key = key
         self.timeout = timeout if timeout is not None else lease_timeout()
         self.token = uuid.uuid4().hex
         self.held = False
         self.lost: str | None = None  # description of the process that took the lease over
         self.previous: dict[str, Any] | None = None  # the record found at acquire (a crashed owner's)
-        # This process's threads (heartbeat, commit) take turns here; the file lock is between processes.
+        # This process's threads (heartbeat, commit) take turns here; the backend's lock is between
+        # processes (where it has none, every write of the record is conditional on self._tag).
         self._threads = threading.RLock()
-        self._mutex = self._make_mutex()
+        self._mutex = self.backend.process_lock(LOCK_FILE, LOCK_WAIT)
+        self._tag: str | None = None  # the record's tag as this process last read or wrote it
         self._record: dict[str, Any] = {}
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._position: Callable[[], int] = lambda: 0
         self._on_lost: Callable[[], None] = lambda: None
 
-    def _make_mutex(self) -> Any:
-        # Not thread-local: a thread-local FileLock holds a threading.local, and a run's objects end in
-        # reference cycles; on Python 3.11 the cyclic GC freeing a threading.local inside
-        # sys._current_frames() (which Dask's profiler calls every 10 ms) deadlocks the process
-        # (CPython gh-106883). self._threads gives the exclusion between threads instead.
-        return FileLock(self.path / LOCK_FILE, timeout=LOCK_WAIT, mode=0o600, thread_local=False)
-
     def _read_current(self) -> dict[str, Any] | None:
-        return read_lease(self.path)
+        found = self.backend.read_tagged(LEASE_FILE)
+        self._tag = found[1] if found else None
+        return _parse(found[0]) if found else None
 
     def heartbeat_interval(self) -> float:
         """Seconds between heartbeats."""
-        return min(HEARTBEAT_SECONDS, self.timeout / 5)
+        return min(self.HEARTBEAT, self.timeout / 5)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -232,7 +196,7 @@ class Lease:
         try:
             try:
                 self._mutex.acquire()
-            except Timeout:
+            except TimeoutError:
                 raise self._held_too_long() from None
             try:
                 yield
@@ -252,6 +216,15 @@ class Lease:
 
         Raises :class:`RunOwnedError` when a live owner holds it.
         """
+        for _ in range(5):  # lost a race with another taker (compare-and-swap): read again, decide again
+            try:
+                return self._acquire(position)
+            except WriteConflict:
+                continue
+        current = self._read_current() or {}
+        raise RunOwnedError(self.key, describe_owner(current), float(current.get("timeout") or 0))
+
+    def _acquire(self, position: int) -> str | None:
         now = time.time()
         with self._locked():
             current = self._read_current()
@@ -308,8 +281,8 @@ class Lease:
     def in_child(self) -> Lease:
         """This lease for a forked child writing a checkpoint: same token, a fresh mutex (a lock object
         must not cross a fork), no heartbeat thread (the parent keeps beating)."""
-        twin = Lease(self.path, self.key, self.timeout)
-        twin.token, twin.held, twin._record = self.token, self.held, dict(self._record)
+        twin = type(self)(self.backend.in_child(), self.key, self.timeout)
+        twin.token, twin.held, twin._record, twin._tag = self.token, self.held, dict(self._record), self._tag
         return twin
 
     def _beat(self) -> None:
@@ -366,14 +339,25 @@ class Lease:
         self.held = False
 
     def _remove(self) -> None:
-        os.unlink(self.path / LEASE_FILE)
+        self.backend.delete(LEASE_FILE)
 
     def _write(self, record: dict[str, Any] | None = None) -> None:
-        # Not fsynced: a lease only has to outlive its process, not the machine.
-        tmp = self.path / f"{TMP_PREFIX}{os.getpid()}-lease-{threading.get_ident()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        data = json.dumps(self._record if record is None else record).encode()
         try:
-            os.write(fd, json.dumps(self._record if record is None else record).encode())
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path / LEASE_FILE)
+            self._tag = self.backend.write_tagged(LEASE_FILE, data, self._tag)
+        except WriteConflict:
+            if not self.held:
+                raise  # acquire: another process got there first
+            current = self._read_current()
+            self.held = False
+            self.lost = describe_owner(current) if current else "another process (the lease was removed)"
+            raise OwnershipLostError(self.key, self.lost) from None
+
+
+class ObjectLease(Lease):
+    """The lease on an object store: the same record, kept by conditional writes (the backend's
+    compare-and-swap). Heartbeats are sparser than on disk (every few seconds: each is a GET and a
+    PUT); across machines the heartbeat timeout decides whether an owner is gone, on the same host its
+    pid too."""
+
+    HEARTBEAT = 2.0

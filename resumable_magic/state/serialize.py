@@ -216,7 +216,8 @@ class _StatePickler(pickle.Pickler):
                 return NotImplemented
             return reduced
 
-        self.reducer_override = reducer_override  # before __init__, which looks it up once
+        # Before __init__, which looks it up once; an instance attribute, so that it closes over the caches.
+        self.reducer_override = reducer_override  # type: ignore[method-assign]
         super().__init__(file, protocol=PROTOCOL, buffer_callback=buffer_callback)
 
     def _classify(self, obj: Any, cls: type) -> Any:

@@ -81,11 +81,12 @@ class Alongside:
 
 
 class ReadBlob:
-    """A blob file's content (writable: a ``bytearray`` or an anonymous ``mmap``) and its two hashes."""
+    """A blob's content (read from a local file: writable, a ``bytearray`` or an anonymous ``mmap``;
+    downloaded: ``bytes``) and its two hashes."""
 
     __slots__ = ("data", "name", "strong")
 
-    def __init__(self, data: bytearray | mmap.mmap, name: str, strong: str) -> None:
+    def __init__(self, data: bytes | bytearray | mmap.mmap, name: str, strong: str) -> None:
         self.data, self.name, self.strong = data, name, strong
 
 
@@ -109,7 +110,7 @@ def read_blob_file(
             raise IsADirectoryError(0, "it is not a regular file")
         if check is not None:
             check(st)
-        buffer = _allocate(st.st_size)
+        buffer: bytes | bytearray | mmap.mmap = _allocate(st.st_size)
         view = memoryview(buffer)
         fast, slow = xxhash.xxh3_128(), blake3(max_threads=_threads)  # all cores: reading is the quick part
 

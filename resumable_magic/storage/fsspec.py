@@ -27,19 +27,17 @@ only (:mod:`resumable_magic.trust.keys`), so machines sharing a bucket share the
 
 from __future__ import annotations
 
+import builtins
 import contextlib
-import json
 import re
 import threading
-from collections.abc import Iterator
 from typing import Any
 
-from resumable_magic.errors import CheckpointCorruptError, OwnershipLostError, ResumableError, RunOwnedError
-from resumable_magic.lease.lease import LEASE_FILE, Lease, describe_owner
-from resumable_magic.storage.blobs import ReadBlob, digest, strong_hash
-from resumable_magic.storage.local import RemotePath
+from resumable_magic.errors import CheckpointCorruptError, ResumableError
+from resumable_magic.storage.blobs import Alongside, ReadBlob, digest, strong_hash
+from resumable_magic.storage.paths import RemotePath, Where
 
-__all__ = ["FsspecBackend", "ObjectLease", "check_protocol", "filesystem", "read_lease", "run_folders"]
+__all__ = ["FsspecBackend", "WriteConflict", "check_protocol", "filesystem"]
 
 # The extra that installs a protocol's fsspec implementation (pip install 'resumable_magic[EXTRA]').
 _EXTRAS = {"s3": ("s3", "s3fs"), "s3a": ("s3", "s3fs")}
@@ -48,8 +46,18 @@ _VERIFIED: set[tuple[str, str]] = set()  # blobs this process wrote or read and 
 _MEMORY_LOCK = threading.Lock()  # memory:// lives in this process: a lock is its compare-and-swap
 
 
-class _Conflict(Exception):
-    """A conditional write found the object changed since it was read."""
+class _NoLock:
+    """The lease's mutex where there is none between processes (compare-and-swap instead)."""
+
+    def acquire(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+class WriteConflict(Exception):
+    """A conditional write found the object changed since it was read (the lease lost a race)."""
 
 
 def check_protocol(url: str, protocol: str) -> str:
@@ -94,6 +102,8 @@ class FsspecBackend:
 
     local = False
     checks_permissions = False  # an object store has no owner bits: the signature is the check
+    cheap_listing = False  # each listing is a request: a commit's collection reuses its listing
+    compare_and_swap = True  # the lease's register: conditional writes (see get_tagged/put_tagged)
 
     def __init__(self, path: RemotePath) -> None:
         self.path = path
@@ -107,6 +117,7 @@ class FsspecBackend:
         # Manifests are written create-only and never changed: the ones this object wrote or read are
         # kept (a commit's collection reads the kept generations' blob lists without a request).
         self._manifests: dict[str, bytes] = {}
+        self._sizes: dict[str, int] | None = None  # from the last folders() listing
 
     def in_child(self) -> FsspecBackend:
         """This backend for a forked writer: a fresh file system instance. fsspec makes one in a new
@@ -120,11 +131,18 @@ class FsspecBackend:
     def _p(self, name: str) -> str:
         return f"{self.root}/{name}" if name else self.root
 
-    def ensure(self, top: Any) -> None:
+    def ensure(self, top: Where) -> None:
         """Nothing to create: an object store has no folders."""
 
+    def is_folder(self) -> bool:
+        """Any prefix can hold runs (an empty one simply holds none)."""
+        return True
+
+    def check_folders(self, top: Where) -> None:
+        """No owners or modes on an object store: the signature is the check."""
+
     # -- blobs ------------------------------------------------------------------------------------------
-    def has_blob(self, name: str, data: bytes | memoryview) -> bool:
+    def has_blob(self, name: str, data: bytes | bytearray | memoryview) -> bool:
         """True for a blob this process wrote or verified and that is still there whole. Others are
         written again: one PUT of the same bytes is atomic and harmless, and cheaper than a read."""
         path = self._p(f"objects/{name}")
@@ -135,7 +153,9 @@ class FsspecBackend:
         except (OSError, KeyError, ValueError):
             return False
 
-    def put_blob(self, name: str, data: bytes | memoryview, alongside: Any = None) -> None:
+    def put_blob(
+        self, name: str, data: bytes | bytearray | memoryview, alongside: Alongside | None = None
+    ) -> None:
         # ``alongside`` (a hash computed meanwhile) is awaited by the caller: nothing is renamed here.
         path = self._p(f"objects/{name}")
         view = memoryview(data)
@@ -145,10 +165,14 @@ class FsspecBackend:
     def mark_verified(self, name: str) -> None:
         _VERIFIED.add((self.path.protocol, self._p(f"objects/{name}")))
 
-    def read_blob(self, name: str, check: Any = None) -> ReadBlob:
-        """The blob and its hashes (``check``, a local file's stat check, has nothing to check here)."""
+    def read_blob(self, name: str, *, private: bool = False) -> ReadBlob:
+        """The blob and its hashes (``private``: no owners here, the signature is the check)."""
         data = self._read(f"objects/{name}")
         return ReadBlob(data, digest(data), strong_hash(data))
+
+    def blob_hashes(self, name: str) -> tuple[str, str]:
+        blob = self.read_blob(name)
+        return blob.name, blob.strong
 
     # -- records ----------------------------------------------------------------------------------------
     def put_record(
@@ -209,7 +233,7 @@ class FsspecBackend:
         except OSError:
             return False
 
-    def list(self, folder: str = "") -> list[str]:
+    def list(self, folder: str = "") -> builtins.list[str]:
         """Names in ``folder`` (listing bypasses fsspec's listing cache: a new manifest must show)."""
         path = self._p(folder)
         with contextlib.suppress(Exception):
@@ -231,8 +255,73 @@ class FsspecBackend:
             self.fs.rm_file(path)
         _VERIFIED.discard((self.path.protocol, path))
 
+    def remove_folder(self, folder: str = "") -> None:
+        """Nothing to remove: an object store has no folders, only the objects' names."""
+
+    def temporaries(self) -> builtins.list[str]:
+        return []  # one PUT per object: nothing is left half-written
+
+    def folders(self) -> builtins.list[tuple[str, builtins.list[str]]]:
+        """From one recursive listing, which also gives every file's size (kept for :meth:`bytes_in`)."""
+        with contextlib.suppress(Exception):
+            self.fs.invalidate_cache(self.root)
+        try:
+            found = self.fs.find(self.root, detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        base = self.root.strip("/")
+        self._sizes = {}
+        names: dict[str, list[str]] = {}
+        for path, info in found.items():
+            relative = path.strip("/")[len(base) :].strip("/") if path.strip("/").startswith(base) else path
+            folder, _, name = relative.rpartition("/")
+            self._sizes[relative] = int(info.get("size") or 0)
+            if folder.endswith("objects") and folder.rpartition("/")[2] == "objects":
+                continue
+            names.setdefault(folder, []).append(name)
+            while folder:  # the prefixes between hold no object but are folders all the same
+                folder = folder.rpartition("/")[0]
+                names.setdefault(folder, [])
+        return sorted(names.items())
+
+    def bytes_in(self, folder: str = "") -> int:
+        sizes = self._sizes if self._sizes is not None else self._sizes_below(folder)
+        prefix = f"{folder}/" if folder else ""
+        total = 0
+        for name, size in sizes.items():
+            rest = name[len(prefix) :] if name.startswith(prefix) else None
+            if rest is not None and (
+                "/" not in rest or (rest.startswith("objects/") and rest.count("/") == 1)
+            ):
+                total += size
+        return total
+
+    def _sizes_below(self, folder: str) -> dict[str, int]:
+        try:
+            found = self.fs.find(self._p(folder), detail=True)
+        except (FileNotFoundError, NotADirectoryError, OSError):
+            return {}
+        base = self.root.strip("/")
+        return {
+            path.strip("/")[len(base) :].strip("/"): int(info.get("size") or 0)
+            for path, info in found.items()
+        }
+
     def free_space(self) -> int | None:
         return None  # an object store does not fill up the way a disk does
+
+    # -- the lease's register ---------------------------------------------------------------------------
+    def process_lock(self, name: str, timeout: float) -> _NoLock:
+        return _NoLock()  # no lock between processes: conditional writes instead
+
+    def read_tagged(self, name: str) -> tuple[bytes, str | None] | None:
+        try:
+            return self.get_tagged(name)
+        except OSError:
+            return None
+
+    def write_tagged(self, name: str, data: bytes, expected: str | None) -> str | None:
+        return self.put_tagged(name, data, expected)
 
     # -- the lease's register ---------------------------------------------------------------------------
     def get_tagged(self, name: str) -> tuple[bytes, str] | None:
@@ -242,7 +331,8 @@ class FsspecBackend:
             from fsspec.asyn import sync
 
             try:
-                return sync(self.fs.loop, _s3_get_tagged, self.fs, path)
+                found: tuple[bytes, str] = sync(self.fs.loop, _s3_get_tagged, self.fs, path)
+                return found
             except FileNotFoundError:
                 return None
         with _MEMORY_LOCK if self.path.protocol == "memory" else contextlib.nullcontext():
@@ -254,17 +344,17 @@ class FsspecBackend:
 
     def put_tagged(self, name: str, data: bytes, expected: str | None) -> str:
         """Write ``name`` only if it still has the ETag ``expected`` (None: only if it does not exist).
-        Returns the new ETag; raises :class:`_Conflict` when the object changed meanwhile."""
+        Returns the new ETag; raises :class:`WriteConflict` when the object changed meanwhile."""
         path = self._p(name)
         if self.path.protocol in ("s3", "s3a"):
             condition = {"IfMatch": expected} if expected is not None else {"mode": "create"}
             try:
                 out = self.fs.pipe_file(path, data, **condition)
             except FileNotFoundError:  # If-Match on an object deleted meanwhile
-                raise _Conflict() from None
+                raise WriteConflict() from None
             except OSError as exc:  # 412 Precondition Failed (s3fs: FileExistsError or EINVAL)
                 if isinstance(exc, FileExistsError) or _precondition_failed(exc):
-                    raise _Conflict() from None
+                    raise WriteConflict() from None
                 raise
             tag = (out or {}).get("ETag") if isinstance(out, dict) else None
             return str(tag) if tag else self.get_tagged(name)[1]  # type: ignore[index]
@@ -275,17 +365,17 @@ class FsspecBackend:
                 except FileNotFoundError:
                     current = None
                 if current != expected:
-                    raise _Conflict()
+                    raise WriteConflict()
                 self.fs.pipe_file(path, data)
             return _content_tag(data)
         # No compare-and-swap: write, then read back (the window is documented in the module doc).
         found = self.get_tagged(name)
         if (found[1] if found else None) != expected:
-            raise _Conflict()
+            raise WriteConflict()
         self.fs.pipe_file(path, data)
         back = self.get_tagged(name)
         if back is None or back[0] != data:
-            raise _Conflict()
+            raise WriteConflict()
         return back[1]
 
 
@@ -311,121 +401,4 @@ async def _s3_get_tagged(fs: Any, path: str) -> tuple[bytes, str]:
 
 
 def _content_tag(data: bytes) -> str:
-    from resumable_magic.store.runstore import digest
-
     return digest(data)
-
-
-def _parse_lease(data: bytes) -> dict[str, Any] | None:
-    try:
-        record = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def read_lease(run_path: RemotePath) -> dict[str, Any] | None:
-    """The lease record of the run at ``run_path``, or None (no lease, or unreadable)."""
-    try:
-        found = FsspecBackend(run_path).get_tagged(LEASE_FILE)
-    except OSError:
-        return None
-    return _parse_lease(found[0]) if found else None
-
-
-def run_folders(root: RemotePath) -> dict[RemotePath, int]:
-    """Every run folder under ``root`` (a folder holding a manifest or DONE) and its size in bytes
-    (its own objects and ``objects/``; nested runs not counted), from one recursive listing."""
-    backend = FsspecBackend(root)
-    fs = backend.fs
-    with contextlib.suppress(Exception):
-        fs.invalidate_cache(backend.root)
-    try:
-        found = fs.find(backend.root, detail=True)
-    except (FileNotFoundError, NotADirectoryError):
-        return {}
-    files: dict[str, int] = {}
-    for path, info in found.items():
-        files[path.strip("/")] = int(info.get("size") or 0)
-    base = backend.root.strip("/")
-    runs: dict[str, int] = {}
-    for path in files:
-        folder, _, name = path.rpartition("/")
-        if (_MANIFEST_RE.match(name) or name == "DONE") and not folder.endswith("/objects"):
-            runs.setdefault(folder, 0)
-    for path, size in files.items():
-        folder = path.rpartition("/")[0]
-        if folder in runs:
-            runs[folder] += size
-        elif folder.endswith("/objects") and folder[: -len("/objects")] in runs:
-            runs[folder[: -len("/objects")]] += size
-    result = {}
-    for folder, size in runs.items():
-        relative = folder[len(base) :].strip("/") if folder.startswith(base) else folder
-        result[root / relative if relative else root] = size
-    return result
-
-
-class ObjectLease(Lease):
-    """The run's lease on an object store: a compare-and-swap register, no mutex (see the module doc).
-
-    Heartbeats are sparser than on disk (every few seconds: each is a GET and a PUT); across
-    machines the heartbeat timeout decides whether an owner is gone, on the same host its pid too.
-    """
-
-    HEARTBEAT = 2.0
-
-    def __init__(self, run_path: RemotePath, key: str, timeout: float | None = None) -> None:
-        super().__init__(run_path, key, timeout)  # type: ignore[arg-type]
-        self._backend = FsspecBackend(run_path)
-        self._etag: str | None = None  # the ETag of owner.json as this process last read or wrote it
-
-    def _make_mutex(self) -> Any:
-        return None  # no lock between processes: conditional writes instead
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        with self._threads:  # this process's threads (heartbeat, commit) only
-            yield
-
-    def heartbeat_interval(self) -> float:
-        return min(self.HEARTBEAT, self.timeout / 5)
-
-    def acquire(self, position: int = 0) -> str | None:
-        for _ in range(5):  # lost a race with another taker: read again and decide again
-            try:
-                return super().acquire(position)
-            except _Conflict:
-                continue
-        current = self._read_current() or {}
-        raise RunOwnedError(self.key, describe_owner(current), float(current.get("timeout") or 0))
-
-    def in_child(self) -> Lease:
-        twin = ObjectLease(self.path, self.key, self.timeout)  # type: ignore[arg-type]
-        twin.token, twin.held, twin._record, twin._etag = (
-            self.token,
-            self.held,
-            dict(self._record),
-            self._etag,
-        )
-        return twin
-
-    def _read_current(self) -> dict[str, Any] | None:
-        found = self._backend.get_tagged(LEASE_FILE)
-        self._etag = found[1] if found else None
-        return _parse_lease(found[0]) if found else None
-
-    def _write(self, record: dict[str, Any] | None = None) -> None:
-        data = json.dumps(self._record if record is None else record).encode()
-        try:
-            self._etag = self._backend.put_tagged(LEASE_FILE, data, self._etag)
-        except _Conflict:
-            if not self.held:
-                raise  # acquire: another process got there first
-            current = self._read_current()
-            self.held = False
-            self.lost = describe_owner(current) if current else "another process (the lease was removed)"
-            raise OwnershipLostError(self.key, self.lost) from None
-
-    def _remove(self) -> None:
-        self._backend.delete(LEASE_FILE)

@@ -1,168 +1,32 @@
-"""Where a run's files live, behind one small interface: a local folder, or an object store via fsspec.
+"""A run folder on a local (POSIX) disk: crash-safe files, and the checks that they are the user's own.
 
-:class:`RunStore <resumable_magic.store.runstore.RunStore>` knows the format (manifests, blobs, records) and
-asks a *backend* for bytes: ``put_blob``, ``put_record``, ``read_record``, ``read_blob``, ``list``,
-``size``, ``delete``, ``sync``. Names are relative to the run folder (``manifest.00000003.json``,
-``objects/<digest>``, ``DONE``).
-
-* :class:`LocalBackend`: today's crash-safe files. Each file is written to a temporary name, fsynced,
-  renamed into place, and the folder fsynced; the test-only crash points of every step are here.
-* :class:`~resumable_magic.storage.fsspec.FsspecBackend` (``s3://``, ``memory://``, anything fsspec
-  reaches): one PUT per file, which an object store makes atomic; no temporaries, no renames.
-
-:func:`location` turns what the user gave as ``dir`` into a :class:`~pathlib.Path` (local paths and
-``file://`` URLs: the fast local code path, unchanged) or a :class:`RemotePath`. fsspec is imported
-only for such a URL, and a missing package is a one-paragraph error naming the URL and the extra.
+Each file is written to a temporary name, fsynced, renamed into place, and the folder fsynced, so a
+crash at any point leaves the previous file whole; the test-only crash points of every step are
+here. A reader refuses a file (or a folder above it) that is not the user's own and private
+(:func:`check_private`, ssh-style), since unpickling a checkpoint runs code from it.
 """
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import os
-import re
-import signal
+import shlex
+import shutil
 import stat
+import threading
 import uuid
-from collections.abc import Callable
-from pathlib import Path, PurePosixPath
-from typing import Any
+from pathlib import Path
 
-from resumable_magic.errors import CheckpointCorruptError
+from filelock import FileLock
+from filelock import Timeout as LockTimeout
+
+from resumable_magic.errors import CheckpointCorruptError, UntrustedCheckpointError
 from resumable_magic.storage.blobs import Alongside, ReadBlob, file_hashes, read_blob_file
-from resumable_magic.trust import keys as trust
+from resumable_magic.storage.crashpoints import crash_point
+from resumable_magic.storage.paths import TMP_PREFIX, Where, folders_down, run_folder
 
-TMP_PREFIX = ".tmp-"
-_URL_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", re.S)
-
-# -- test-only crash points ------------------------------------------------------------------------
-# RESUMABLE_CRASH_AT="<step>:<n>" SIGKILLs this process the n-th time it reaches <step>, so that
-# tests can crash a real kernel at an exact point of a commit.
-_crash_spec = os.environ.get("RESUMABLE_CRASH_AT", "")
-_crash_counts: dict[str, int] = {}
-CRASH_STEPS = (
-    "serialized",  # state pickled, nothing written
-    "blob-written",  # blob's temporary file written, not fsynced
-    "blob-synced",  # ... fsynced, not renamed
-    "manifest-written",  # manifest's temporary file written, not fsynced
-    "manifest-synced",  # ... fsynced, not renamed
-    "manifest-renamed",  # renamed into place, directory not fsynced
-    "committed",  # directory fsynced, old generations not yet collected
-    "collecting",  # old manifests deleted, unreferenced blobs not yet
-)
-# Also "background": a forked background writer (snapshot.py) has started, nothing written yet.
-
-
-def crash_point(step: str) -> None:
-    """A test hook: SIGKILL this process at ``step`` when ``$RESUMABLE_CRASH_AT`` asks; else a no-op."""
-    if not _crash_spec:
-        return
-    target, _, nth = _crash_spec.partition(":")
-    if target != step:
-        return
-    _crash_counts[step] = _crash_counts.get(step, 0) + 1
-    if _crash_counts[step] == int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-# -- where -----------------------------------------------------------------------------------------
-
-
-class RemotePath:
-    """A location on an fsspec file system: a protocol and a ``/``-separated path.
-
-    ``str()`` is the URL (``s3://bucket/prefix/key``); ``/``, ``name``, ``parent`` and ``relative_to``
-    work as on a :class:`~pathlib.PurePosixPath`, which is enough for the store, the lease and the
-    messages. Not a ``PathLike``: nothing can open it as a local file by mistake.
-    """
-
-    __slots__ = ("path", "protocol")
-
-    def __init__(self, protocol: str, path: str | PurePosixPath) -> None:
-        self.protocol = protocol
-        self.path = PurePosixPath(str(path).strip("/") or ".")
-
-    def __truediv__(self, other: str | os.PathLike[str]) -> RemotePath:
-        return RemotePath(self.protocol, self.path / PurePosixPath(os.fspath(other)).as_posix())
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def parent(self) -> RemotePath:
-        return RemotePath(self.protocol, self.path.parent)
-
-    @property
-    def parents(self) -> list[RemotePath]:
-        return [RemotePath(self.protocol, p) for p in self.path.parents]
-
-    def relative_to(self, other: RemotePath) -> PurePosixPath:
-        if not isinstance(other, RemotePath) or other.protocol != self.protocol:
-            raise ValueError(f"{self} is not under {other}")
-        return self.path.relative_to(other.path)
-
-    def as_posix(self) -> str:
-        return str(self)
-
-    @property
-    def fs_path(self) -> str:
-        """The path as the file system names it (``bucket/prefix/key``, or ``/key`` in memory)."""
-        text = "" if str(self.path) == "." else str(self.path)
-        return f"/{text}" if self.protocol == "memory" else text
-
-    def __str__(self) -> str:
-        return f"{self.protocol}://{'' if str(self.path) == '.' else self.path}"
-
-    def __repr__(self) -> str:
-        return f"RemotePath({str(self)!r})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, RemotePath) and (self.protocol, self.path) == (other.protocol, other.path)
-
-    def __hash__(self) -> int:
-        return hash((self.protocol, self.path))
-
-
-Where = Path | RemotePath
-
-
-def is_url(value: object) -> bool:
-    """True for ``proto://...`` (``file://`` included); local paths are not URLs."""
-    return isinstance(value, str) and _URL_RE.match(value) is not None
-
-
-def location(directory: str | os.PathLike[str] | RemotePath) -> Where:
-    """``directory`` as a local :class:`~pathlib.Path` or a :class:`RemotePath`.
-
-    A ``file://`` URL is a local path (the fast local code path). For any other URL, fsspec and the
-    protocol's package must be importable: otherwise a :class:`~resumable_magic.errors.ResumableError`
-    names the URL and the extra to install (raised here, before any loop starts).
-    """
-    if isinstance(directory, RemotePath):
-        return directory
-    if isinstance(directory, str):
-        match = _URL_RE.match(directory)
-        if match:
-            protocol, rest = match.group(1).lower(), match.group(2)
-            if protocol in ("file", "local"):
-                return Path(rest or "/")
-            from resumable_magic.storage.fsspec import check_protocol  # fsspec only now, for a URL
-
-            protocol = check_protocol(directory, protocol)
-            return RemotePath(protocol, rest)
-    return Path(directory)
-
-
-def backend_for(run: Where) -> Any:
-    """The backend of the run folder ``run``: :class:`LocalBackend` or an fsspec one."""
-    if isinstance(run, RemotePath):
-        from resumable_magic.storage.fsspec import FsspecBackend
-
-        return FsspecBackend(run)
-    return LocalBackend(run)
-
-
-# -- local files -----------------------------------------------------------------------------------
+__all__ = ["LocalBackend", "check_private", "fsync_dir", "read_record_file", "user_name", "write_atomic"]
 
 
 def fsync_dir(path: Path) -> None:
@@ -176,7 +40,7 @@ def fsync_dir(path: Path) -> None:
 
 def write_atomic(
     path: Path,
-    data: bytes | memoryview,
+    data: bytes | bytearray | memoryview,
     steps: tuple[str, str] | None = None,
     alongside: Alongside | None = None,
 ) -> None:
@@ -221,18 +85,11 @@ def read_record_file(path: Path, verify: bool) -> bytes:
         if not stat.S_ISREG(st.st_mode):
             raise CheckpointCorruptError(path, "it is not a regular file")
         if verify:
-            trust.check_private(path, st)
+            check_private(path, st)
         try:
             return f.read()
         except OSError as exc:
             raise CheckpointCorruptError(path, f"cannot be read ({exc.strerror})") from None
-
-
-def listdir(path: Path) -> list[str]:
-    try:
-        return os.listdir(path)
-    except OSError:
-        return []
 
 
 _VERIFIED_FILES: set[tuple[str, int, int, int, int]] = set()  # blob files whose content matched their name
@@ -253,13 +110,36 @@ def _remember_file(ident: tuple[str, int, int, int, int] | None) -> None:
         _VERIFIED_FILES.add(ident)
 
 
+class _FileLock:
+    """The lease's mutex between processes: a lock file, taken without a ``threading.local``.
+
+    A thread-local FileLock holds a ``threading.local``, and a run's objects end in reference cycles;
+    on Python 3.11 the cyclic GC freeing a ``threading.local`` inside ``sys._current_frames()`` (which
+    Dask's profiler calls every 10 ms) deadlocks the process (CPython gh-106883). The lease's own
+    RLock gives the exclusion between threads instead.
+    """
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        self._lock = FileLock(path, timeout=timeout, mode=0o600, thread_local=False)
+
+    def acquire(self) -> None:
+        try:
+            self._lock.acquire()
+        except LockTimeout:
+            raise TimeoutError(str(self._lock.lock_file)) from None
+
+    def release(self) -> None:
+        self._lock.release()
+
+
 class LocalBackend:
     """A run folder on a local (POSIX) file system: atomic, durable files; see the module doc."""
 
     local = True
-    # Readers check each file's owner and mode (trust.check_private) besides the signature.
-    checks_permissions = True
-    forks = True  # a forked background writer (snapshot.py) can write here
+    checks_permissions = True  # readers check each file's owner and mode besides the signature
+    forks = True  # a forked background writer can write here
+    cheap_listing = True
+    compare_and_swap = False  # the lease's register is guarded by a lock file instead
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -271,14 +151,22 @@ class LocalBackend:
     def where(self, name: str = "") -> Path:
         return self.path / name if name else self.path
 
-    def ensure(self, top: Path) -> None:
+    def ensure(self, top: Where) -> None:
         """Create the run folder and ``objects/`` (and the folders from ``top`` down), private."""
-        from resumable_magic.store.runstore import folders_down
-
         for folder in (top, *folders_down(top, self.path), self.path / "objects"):
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            Path(str(folder)).mkdir(mode=0o700, parents=True, exist_ok=True)
 
-    def has_blob(self, name: str, data: bytes | memoryview) -> bool:
+    def is_folder(self) -> bool:
+        return self.path.is_dir()
+
+    def check_folders(self, top: Where) -> None:
+        """The checkpoint folder, a nested key's folders, the run folder and ``objects/``: the user's
+        own and writable by nobody else, or nothing in them is loaded."""
+        for folder in dict.fromkeys([top, *folders_down(top, self.path), self.path / "objects"]):
+            check_private(str(folder), run=self.path, what="checkpoint folder")
+
+    # -- blobs ------------------------------------------------------------------------------------------
+    def has_blob(self, name: str, data: bytes | bytearray | memoryview) -> bool:
         """True when blob ``name`` is stored whole: its content hashes to its name. Checked once per
         process (a read), then known by the file's identity (device, inode, size, mtime)."""
         ident = _file_identity(self.path / "objects" / name)
@@ -293,15 +181,37 @@ class LocalBackend:
     def mark_verified(self, name: str) -> None:
         """Nothing to remember: :meth:`has_blob` checks the file itself."""
 
-    def put_blob(self, name: str, data: bytes | memoryview, alongside: Alongside | None = None) -> None:
+    def put_blob(
+        self, name: str, data: bytes | bytearray | memoryview, alongside: Alongside | None = None
+    ) -> None:
         target = self.path / "objects" / name
         write_atomic(target, data, steps=("blob-written", "blob-synced"), alongside=alongside)
         _remember_file(_file_identity(target))
 
+    def read_blob(self, name: str, *, private: bool = False) -> ReadBlob:
+        """The blob read whole and hashed as it is read; ``private``: the open file's owner and mode
+        are checked first (no window for a rename between the check and the read)."""
+        path = self.path / "objects" / name
+        run = self.path
+
+        def check(st: os.stat_result) -> None:
+            check_private(path, st, run=run)
+
+        try:
+            return read_blob_file(path, check if private else None)
+        except FileNotFoundError:
+            raise CheckpointCorruptError(path, "it is missing") from None
+        except OSError as exc:
+            raise CheckpointCorruptError(path, f"cannot be read ({exc.strerror})") from None
+
+    def blob_hashes(self, name: str) -> tuple[str, str]:
+        return file_hashes(self.path / "objects" / name)
+
+    # -- records ----------------------------------------------------------------------------------------
     def put_record(
         self, name: str, data: bytes, steps: tuple[str, str] | None = None, exclusive: bool = False
     ) -> None:
-        # ``exclusive`` is for stores without a mutex; here the lease's filelock serialises commits.
+        # ``exclusive`` is for stores without a mutex; here the lease's lock file serialises commits.
         write_atomic(self.path / name, data, steps)
 
     def sync(self, folder: str = "") -> None:
@@ -311,27 +221,20 @@ class LocalBackend:
         return read_record_file(self.path / name, verify)
 
     def read_plain(self, name: str) -> bytes | None:
-        """A file's bytes, or None when it cannot be read (an unsigned record such as outcome.json)."""
-        try:
-            return (self.path / name).read_bytes()
-        except OSError:
-            return None
+        """A file's bytes, or None when it cannot be read (an unsigned record such as outcome.json):
+        like the lease's record, never blocking on a FIFO planted in its place."""
+        found = self.read_tagged(name)
+        return found[0] if found else None
 
-    def read_blob(self, name: str, check: Callable[[os.stat_result], None] | None = None) -> ReadBlob:
-        """The blob read whole and hashed as it is read; ``check`` runs on the open file's stat."""
-        path = self.path / "objects" / name
-        try:
-            return read_blob_file(path, check)
-        except FileNotFoundError:
-            raise CheckpointCorruptError(path, "it is missing") from None
-        except OSError as exc:
-            raise CheckpointCorruptError(path, f"cannot be read ({exc.strerror})") from None
-
+    # -- listing and deleting ---------------------------------------------------------------------------
     def exists(self, name: str = "") -> bool:
         return self.where(name).exists()
 
-    def list(self, folder: str = "") -> list[str]:
-        return listdir(self.where(folder))
+    def list(self, folder: str = "") -> builtins.list[str]:
+        try:
+            return os.listdir(self.where(folder))
+        except OSError:
+            return []
 
     def size(self, name: str) -> int:
         """The file's size; OSError when it is missing."""
@@ -341,10 +244,149 @@ class LocalBackend:
         with contextlib.suppress(OSError):
             os.unlink(self.path / name)
 
-    def free_space(self) -> int | None:
-        import shutil
+    def remove_folder(self, folder: str = "") -> None:
+        with contextlib.suppress(OSError):
+            self.where(folder).rmdir()  # only an empty one
 
+    def temporaries(self) -> builtins.list[str]:
+        return [
+            f"{folder}/{name}" if folder else name
+            for folder in ("", "objects")
+            for name in self.list(folder)
+            if name.startswith(TMP_PREFIX)
+        ]
+
+    def folders(self) -> builtins.list[tuple[str, builtins.list[str]]]:
+        found: builtins.list[tuple[str, builtins.list[str]]] = []
+        stack = [self.path]
+        while stack:
+            folder = stack.pop()
+            entries = _scandir(folder)
+            found.append(
+                (
+                    folder.relative_to(self.path).as_posix() if folder != self.path else "",
+                    [e.name for e in entries],
+                )
+            )
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    if entry.name != "objects" and entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+        return found
+
+    def bytes_in(self, folder: str = "") -> int:
+        total = 0
+        for inside in (self.where(folder), self.where(folder) / "objects"):
+            for entry in _scandir(inside):
+                with contextlib.suppress(OSError):
+                    if entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+        return total
+
+    def free_space(self) -> int | None:
         try:
             return shutil.disk_usage(self.path).free
         except OSError:
             return None
+
+    # -- the lease's register ---------------------------------------------------------------------------
+    def process_lock(self, name: str, timeout: float) -> _FileLock:
+        return _FileLock(self.path / name, timeout)
+
+    def read_tagged(self, name: str) -> tuple[bytes, str | None] | None:
+        """The file's bytes (no tag: the lock file guards it). O_NONBLOCK: a FIFO planted in its place
+        must not hang a listing."""
+        try:
+            fd = os.open(self.path / name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    return None
+                return f.read(), None
+        except OSError:
+            return None
+
+    def write_tagged(self, name: str, data: bytes, expected: str | None) -> str | None:
+        # Not fsynced: a lease only has to outlive its process, not the machine.
+        tmp = self.path / f"{TMP_PREFIX}{os.getpid()}-lease-{threading.get_ident()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path / name)
+        return None
+
+
+def _scandir(path: Path) -> builtins.list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as entries:
+            return list(entries)
+    except OSError:
+        return []
+
+
+# -- ownership and modes --------------------------------------------------------------------------------
+
+
+def user_name(uid: int) -> str:
+    """``alice (uid 1000)``, or ``uid 1000`` where the name is unknown."""
+    try:
+        import pwd
+
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def check_private(
+    path: str | os.PathLike[str],
+    st: os.stat_result | None = None,
+    *,
+    run: Where | None = None,
+    what: str = "checkpoint file",
+) -> None:
+    """Refuse ``path`` unless the current user owns it and neither group nor others can write it.
+
+    ``st``: its stat, when the caller has the file open (``os.fstat``: no race with a rename).
+    ``run``: the run folder, for the message (files in it are fixed by ``resumable trust``; a folder
+    above it by ``chmod``). A no-op where there are no POSIX owners. A path that cannot be stat'ed is
+    left to the reader, which reports it as missing or unreadable.
+    """
+    if os.name != "posix":
+        return
+    path = Path(path)
+    if st is None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+    run = run if run is not None else run_folder(path)
+    me = os.geteuid()
+    if st.st_uid != me:
+        raise UntrustedCheckpointError(
+            path,
+            f"it is owned by {user_name(st.st_uid)} and you are {user_name(me)}",
+            f"If you trust it, copy the run folder so that the copy is yours (`cp -r "
+            f"{shlex.quote(str(run))} COPY`) and run `resumable trust COPY`; otherwise delete it, or "
+            f"start over with --fresh.",
+            what,
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    inside = path == run or run in path.parents
+    if not inside and stat.S_ISDIR(st.st_mode) and mode & stat.S_ISVTX:
+        return  # a sticky folder above the run (/tmp, a scratch space): others cannot move our entries
+    if mode & 0o022:
+        who = {0o020: "its group", 0o002: "others"}.get(mode & 0o022, "its group and others")
+        remedy = (
+            f"If you trust it, run `resumable trust {shlex.quote(str(run))}`, which also makes the "
+            f"run's files private (folders 700, files 600); otherwise delete it."
+            if inside
+            else f"If you trust everyone who could write to it, make it private: chmod go-w "
+            f"{shlex.quote(str(path))}."
+        )
+        raise UntrustedCheckpointError(
+            path,
+            f"it is writable by {who} (mode {mode:04o}), so someone else could have put it there",
+            remedy,
+            what,
+        )

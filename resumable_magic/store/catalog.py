@@ -22,15 +22,16 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from resumable_magic.errors import ResumableError
-from resumable_magic.lease.lease import owner_state, read_lease
-from resumable_magic.storage.local import RemotePath, Where, location
-from resumable_magic.store.runstore import MANIFEST_RE, Checkpoint, RunStore
+from resumable_magic.lease.lease import owner_state
+from resumable_magic.storage.base import location, open_backend
+from resumable_magic.storage.paths import RemotePath, Where
+from resumable_magic.store.layout import MANIFEST_RE, Checkpoint
+from resumable_magic.store.runstore import RunStore
 
-__all__ = ["STATES", "RunInfo", "find_run", "list_runs"]
+__all__ = ["STATES", "RunInfo", "find_run", "list_runs", "run_folders"]
 
 STATES = ("finished", "running", "interrupted", "failed", "crashed")
 
@@ -82,75 +83,41 @@ def list_runs(directory: str | os.PathLike[str] | RemotePath) -> list[RunInfo]:
     """Every run under ``directory`` (a folder or an fsspec URL), most recently active first; ``[]``
     when there is none."""
     root = location(directory)
-    if isinstance(root, RemotePath):  # one recursive listing gives the runs and their sizes
-        from resumable_magic.storage.fsspec import run_folders
-
-        runs = [_inspect(root, path, size) for path, size in run_folders(root).items()]
-    else:
-        runs = [_inspect(root, path) for path in _run_dirs(root)]
+    backend = open_backend(root)
+    runs = [
+        _inspect(root, _join(root, folder), backend.bytes_in(folder))
+        for folder, names in backend.folders()
+        if _holds_run(names)
+    ]
     runs.sort(key=lambda r: r.updated or 0.0, reverse=True)
     return runs
+
+
+def run_folders(directory: str | os.PathLike[str] | RemotePath) -> list[Where]:
+    """The run folders at or under ``directory``: the one walk over a checkpoint folder."""
+    root = location(directory)
+    return [_join(root, folder) for folder, names in open_backend(root).folders() if _holds_run(names)]
 
 
 def find_run(directory: str | os.PathLike[str] | RemotePath, key: str) -> RunInfo | None:
     """The run stored under ``key`` (a key as given to the magic), or None when there is none."""
     root = location(directory)
     store = RunStore(root, key)  # validates the key (OptionError) and maps it to its folder
-    if isinstance(root, RemotePath):
-        names = store.backend.list("")
-        if not any(MANIFEST_RE.match(n) or n == "DONE" for n in names):
-            return None
-        size = sum(_remote_size(store, n) for n in store._files())
-        return _inspect(root, store.path, size)
-    if not _is_run_dir(store.path):
+    if not _holds_run(store.backend.list("")):
         return None
-    return _inspect(root, store.path)
+    return _inspect(root, store.path, store.backend.bytes_in(""))
 
 
 # -- internals -------------------------------------------------------------------------------------
 
 
-def _listdir(path: Path) -> list[os.DirEntry[str]]:
-    try:
-        with os.scandir(path) as entries:
-            return list(entries)
-    except OSError:
-        return []
+def _join(root: Where, folder: str) -> Where:
+    return root / folder if folder else root
 
 
-def _holds_run(entries: list[os.DirEntry[str]]) -> bool:
+def _holds_run(names: list[str]) -> bool:
     # A finished run whose values were dropped keeps only its DONE record.
-    return any(MANIFEST_RE.match(e.name) or e.name == "DONE" for e in entries)
-
-
-def _is_run_dir(path: Path) -> bool:
-    return _holds_run(_listdir(path))
-
-
-def _run_dirs(root: Path) -> list[Path]:
-    found: list[Path] = []
-    stack = [root]
-    while stack:
-        folder = stack.pop()
-        entries = _listdir(folder)
-        if _holds_run(entries):
-            found.append(folder)
-        for entry in entries:
-            with contextlib.suppress(OSError):
-                if entry.name != "objects" and entry.is_dir(follow_symlinks=False):
-                    stack.append(Path(entry.path))
-    return found
-
-
-def _size(run_dir: Path) -> int:
-    """Bytes of the run's own files and its objects/ (nested runs below it are not counted)."""
-    total = 0
-    for folder in (run_dir, run_dir / "objects"):
-        for entry in _listdir(folder):
-            with contextlib.suppress(OSError):
-                if entry.is_file(follow_symlinks=False):
-                    total += entry.stat(follow_symlinks=False).st_size
-    return total
+    return any(MANIFEST_RE.match(name) or name == "DONE" for name in names)
 
 
 def _newest(store: RunStore) -> tuple[Checkpoint | None, list[str]]:
@@ -162,13 +129,6 @@ def _newest(store: RunStore) -> tuple[Checkpoint | None, list[str]]:
     except ResumableError as exc:  # another format version: listed with the reason, not read
         return None, [str(exc)]
     return result.checkpoint, [str(p) for p in result.problems]
-
-
-def _read_owner(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        return read_lease(run_dir)
-    except RecursionError:  # JSON nested deeper than the parser goes: no lease a run wrote
-        return None
 
 
 def _owner_live(owner: dict[str, Any]) -> bool:
@@ -183,13 +143,6 @@ def _wall_time(value: Any) -> float | None:
     return float(value) if type(value) in (int, float) and 0 <= value < 1e11 else None
 
 
-def _remote_size(store: RunStore, name: str) -> int:
-    try:
-        return store.backend.size(name)
-    except (OSError, KeyError, ValueError):
-        return 0
-
-
 def _key_of(root: Where, run_dir: Where, manifest: dict[str, Any]) -> str:
     key = manifest.get("key")
     if isinstance(key, str) and key:
@@ -200,7 +153,7 @@ def _key_of(root: Where, run_dir: Where, manifest: dict[str, Any]) -> str:
         return run_dir.name
 
 
-def _inspect(root: Where, run_dir: Where, size: int | None = None) -> RunInfo:
+def _inspect(root: Where, run_dir: Where, size: int) -> RunInfo:
     store = RunStore.at(run_dir, run_dir.name)
     checkpoint, problems = _newest(store)
     manifest = checkpoint.manifest if checkpoint else {}
@@ -214,8 +167,8 @@ def _inspect(root: Where, run_dir: Where, size: int | None = None) -> RunInfo:
         )
         total = manifest.get("total")
         info.total = int(total) if isinstance(total, int) else None
-    info.size = _size(run_dir) if size is None else size  # type: ignore[arg-type]
-    info.owner = _read_owner(run_dir)
+    info.size = size
+    info.owner = store.owner()
     info.outcome = store.read_outcome()
 
     done = None
@@ -248,7 +201,9 @@ def _inspect(root: Where, run_dir: Where, size: int | None = None) -> RunInfo:
 
     times = [info.created]
     for record in (info.owner, info.outcome, done):
-        with contextlib.suppress(AttributeError, TypeError, ValueError, OverflowError):
-            times.append(float(record.get("heartbeat", record.get("time", record.get("finished")))))  # type: ignore[union-attr]
+        value = record.get("heartbeat", record.get("time", record.get("finished"))) if record else None
+        if isinstance(value, (int, float, str)):
+            with contextlib.suppress(ValueError, OverflowError):
+                times.append(float(value))
     info.updated = max((t for t in times if t is not None), default=None)
     return info

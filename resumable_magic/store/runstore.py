@@ -29,43 +29,50 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
-import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from resumable_magic.errors import (
     CheckpointCorruptError,
     CheckpointFormatError,
-    OptionError,
     OwnershipLostError,
     UntrustedCheckpointError,
 )
-from resumable_magic.storage.blobs import MMAP_MIN, Alongside, ReadBlob, file_hashes, strong_hash
-from resumable_magic.storage.local import CRASH_STEPS as CRASH_STEPS
-from resumable_magic.storage.local import TMP_PREFIX as TMP_PREFIX
-from resumable_magic.storage.local import RemotePath, Where, backend_for, crash_point, location
-from resumable_magic.storage.local import listdir as _listdir
+from resumable_magic.lease.lease import Lease, make_lease, read_lease
+from resumable_magic.lease.procs import pid_alive
+from resumable_magic.storage.base import Backend, Buffer, location, open_backend
+from resumable_magic.storage.blobs import MMAP_MIN, STRONG_HASH, Alongside, ReadBlob, strong_hash
+from resumable_magic.storage.crashpoints import CRASH_STEPS as CRASH_STEPS
+from resumable_magic.storage.crashpoints import crash_point
+from resumable_magic.storage.paths import TMP_PREFIX as TMP_PREFIX
+from resumable_magic.storage.paths import RemotePath, Where, as_where
+from resumable_magic.store.layout import (
+    _GLANCE_MAX,
+    MANIFEST_RE,
+    OUTCOME_FILE,
+    Checkpoint,
+    Glance,
+    ReadResult,
+    key_to_relpath,
+    manifest_name,
+)
 from resumable_magic.store.records import BLOB_HASHES as BLOB_HASHES
 from resumable_magic.store.records import DIGEST_ALGORITHM as DIGEST_ALGORITHM
 from resumable_magic.store.records import FORMAT_VERSION as FORMAT_VERSION
-from resumable_magic.store.records import STRONG_HASH, _remember_strong, _strong_put
-from resumable_magic.store.records import _canonical as _canonical
-from resumable_magic.store.records import _check_manifest as _check_manifest
-from resumable_magic.store.records import _sealed as _sealed
-from resumable_magic.store.records import _unseal as _unseal
+from resumable_magic.store.records import (
+    check_manifest,
+    known_strong,
+    manifest_blobs,
+    remember_strong,
+    seal,
+    unseal,
+)
 from resumable_magic.store.records import digest as digest
-from resumable_magic.store.records import manifest_blobs as manifest_blobs
 from resumable_magic.trust import keys as trust
 
-MANIFEST_RE = re.compile(r"^manifest\.(\d+)\.json$")
-_KEY_PART_RE = re.compile(r"[^A-Za-z0-9._=,+@-]")
 
-
-def _read_signed_blob(store: RunStore, manifest: dict[str, Any], name: str) -> Any:
+def _read_signed_blob(store: RunStore, manifest: dict[str, Any], name: str) -> bytes | bytearray | Any:
     """Blob ``name``'s bytes for unpickling (writable where local): the user's own private file (on an
     object store: any object), holding exactly the content whose BLAKE3 the signed ``manifest``
     records (a blob with the right xxh3 name is not enough)."""
@@ -77,91 +84,15 @@ def _read_signed_blob(store: RunStore, manifest: dict[str, Any], name: str) -> A
             f"its manifest records no {STRONG_HASH.upper()} hash of it, so the manifest's signature "
             f"does not cover it"
         )
-        raise UntrustedCheckpointError(path, reason, trust.trust_remedy(store.path))
-    check = None
-    if store.backend.checks_permissions:
-        check = lambda st: trust.check_private(path, st, run=store.path)  # noqa: E731 (on the open file)
-    blob = store.read_blob(name, check)
+        raise UntrustedCheckpointError(path, reason, store.trust_remedy())
+    blob = store.read_blob(name, private=True)
     if blob.strong != expected:
         reason = (
             f"it is not the content its signed manifest names (the {STRONG_HASH.upper()} hash differs): "
             f"it was replaced after the checkpoint was written"
         )
-        raise UntrustedCheckpointError(path, reason, trust.trust_remedy(store.path))
+        raise UntrustedCheckpointError(path, reason, store.trust_remedy())
     return blob.data
-
-
-def folders_down(top: Path, path: Path) -> list[Path]:
-    """The folders below ``top`` down to ``path`` (a nested key's), ``path`` included."""
-    try:
-        parts = path.relative_to(top).parts
-    except ValueError:
-        return [path]
-    return [top.joinpath(*parts[: i + 1]) for i in range(len(parts))] or [path]
-
-
-def _check_folders(store: RunStore) -> None:
-    """The checkpoint folder, a nested key's folders, the run folder and ``objects/``: the user's own
-    and writable by nobody else (:func:`.trust.check_private`), or nothing in them is loaded."""
-    for folder in dict.fromkeys([store.directory, *folders_down(store.directory, store.path), store.objects]):
-        trust.check_private(folder, run=store.path, what="checkpoint folder")
-
-
-# -- keys ------------------------------------------------------------------------------------------
-
-
-def key_to_relpath(key: str) -> Path:
-    """A run key (``sweep/lr=0.01``) as a safe relative path; characters outside a small set become ``_``."""
-    parts = [p for p in key.strip().split("/") if p]
-    if not parts or any(p in (".", "..") for p in parts):
-        raise OptionError("--name", key, "a key is one or more '/'-separated names, none of them '.' or '..'")
-    return Path(*(_KEY_PART_RE.sub("_", p)[:120] for p in parts))
-
-
-# -- one run's checkpoints ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """A committed, verified checkpoint: its manifest and (when loaded) its state bytes."""
-
-    generation: int
-    manifest: dict[str, Any]
-    state: bytes | bytearray = field(repr=False, default=b"")
-    # Out-of-band buffers, in order: writable where local (bytearray or anonymous mmap), so arrays
-    # restore uncopied.
-    buffers: tuple[Any, ...] = field(repr=False, default=())
-
-    @property
-    def position(self) -> int:
-        return int(self.manifest["position"])
-
-    @property
-    def created(self) -> float:
-        return float(self.manifest["created"])
-
-
-_GLANCE_MAX = 4 << 20  # a manifest is a few KiB; a larger file is not one a run wrote
-
-
-@dataclass(frozen=True)
-class Glance:
-    """A run's newest generation as :meth:`RunStore.glance` saw it (unverified: for display only)."""
-
-    generation: int | None
-    position: int | None
-    created: float | None
-    total: int | None
-    final: bool
-    done: bool  # a DONE record is present
-
-
-@dataclass
-class ReadResult:
-    """The newest good checkpoint (or None) and the damage found on the way to it."""
-
-    checkpoint: Checkpoint | None
-    problems: list[CheckpointCorruptError]
 
 
 class RunStore:
@@ -172,22 +103,24 @@ class RunStore:
     """
 
     def __init__(self, directory: str | os.PathLike[str] | RemotePath, key: str) -> None:
-        self.directory: Any = location(directory)
+        self.directory: Where = location(directory)
         self.key = key
-        self.path: Any = self.directory / key_to_relpath(key)
-        self.objects: Any = self.path / "objects"
-        self.backend: Any = backend_for(self.path)
+        self.path: Where = self.directory / key_to_relpath(key)
+        self.objects: Where = self.path / "objects"
+        self.backend: Backend = open_backend(self.path)
         # Held around every commit: the run's lease mutex, checking the lease is still this process's.
         self.fence: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
         self.seen_generation = 0  # the newest generation this writer knows of (read or committed)
+        self._glanced: tuple[int | None, dict[str, Any]] = (None, {})
 
     @classmethod
-    def at(cls, path: Where, key: str) -> RunStore:
-        """The store in exactly the folder ``path`` (found by listing), whatever its key maps to."""
-        path = path if isinstance(path, RemotePath) else Path(path)
-        store = cls(path.parent, "_")
+    def at(cls, path: Where, key: str, directory: Where | None = None) -> RunStore:
+        """The store in exactly the folder ``path`` (found by listing), whatever its key maps to;
+        ``directory``: the checkpoint folder it was found in (default: the folder above it)."""
+        path = as_where(path)
+        store = cls(path.parent if directory is None else directory, "_")
         store.key, store.path, store.objects = key, path, path / "objects"
-        store.backend = backend_for(path)
+        store.backend = open_backend(path)
         return store
 
     # -- what the layers above ask of the storage, without asking what kind it is ----------------------
@@ -211,17 +144,16 @@ class RunStore:
         result: int | None = self.backend.free_space()
         return result
 
-    def new_lease(self, timeout: float | None = None) -> Any:
-        """A lease on this run (not yet acquired): :class:`~resumable_magic.lease.lease.Lease`."""
-        from resumable_magic.lease.lease import make_lease
-
-        return make_lease(self.path, self.key, timeout)
+    def new_lease(self, timeout: float | None = None) -> Lease:
+        """A lease on this run (not yet acquired)."""
+        return make_lease(self.backend, self.key, timeout)
 
     def owner(self) -> dict[str, Any] | None:
         """The run's lease record (who executes it, its heartbeat and position), or None."""
-        from resumable_magic.lease.lease import read_lease
-
-        return read_lease(self.path)
+        try:
+            return read_lease(self.backend)
+        except RecursionError:  # JSON nested deeper than the parser goes: no lease a run wrote
+            return None
 
     def glance(self) -> Glance:
         """The newest generation's position and time for display, cheaply: its manifest is read but
@@ -230,13 +162,14 @@ class RunStore:
         names = self.backend.list("")
         generations = [int(m.group(1)) for m in map(MANIFEST_RE.match, names) if m]
         newest = max(generations, default=None)
-        fields: dict[str, Any] = {}
-        if newest is not None:
-            raw = self.backend.read_plain(self._manifest_name(newest))
+        fields: dict[str, Any] = self._glanced[1] if self._glanced[0] == newest else {}
+        if newest is not None and not fields:
+            raw = self.backend.read_plain(self.manifest_name(newest))
             with contextlib.suppress(ValueError, RecursionError, UnicodeDecodeError, TypeError):
                 record = json.loads(raw[:_GLANCE_MAX]) if raw else None
                 if isinstance(record, dict):
                     fields = record
+            self._glanced = (newest, fields)  # a manifest never changes: read each generation once
         return Glance(
             generation=newest,
             position=fields.get("position") if type(fields.get("position")) is int else None,
@@ -248,15 +181,20 @@ class RunStore:
 
     @property
     def local(self) -> bool:
-        """True on a local file system (owner and mode checks, fsync, free-space warnings apply)."""
-        return bool(self.backend.local)
+        """True on a local file system: for messages and tests (decisions ask the backend's
+        capabilities)."""
+        return self.backend.local
+
+    def trust_remedy(self) -> str:
+        """What to do about a checkpoint of this run that is not signed with the user's key."""
+        return trust.trust_remedy(self.path, signature_only=not self.backend.checks_permissions)
 
     # -- writing ------------------------------------------------------------------------------------
     def ensure(self) -> None:
         """Create the run's directories (private to the user: a nested key's folders too)."""
         self.backend.ensure(self.directory)
 
-    def put_blob(self, data: bytes | memoryview) -> tuple[str, int]:
+    def put_blob(self, data: Buffer) -> tuple[str, int]:
         """Store ``data`` under its digest; return (digest, bytes written: 0 when it was already there).
 
         A blob already there is checked once per process (see the backends' ``has_blob``), so an
@@ -264,16 +202,16 @@ class RunStore:
         signed manifest, is computed while it is written (or once, if it was there).
         """
         name = digest(data)
-        known = _strong_put.get(name)
+        known = known_strong(name)
         if self.backend.has_blob(name, data):
-            _remember_strong(name, known or strong_hash(data))
+            remember_strong(name, known or strong_hash(data))
             return name, 0
         size = memoryview(data).nbytes
         if known is None and size < MMAP_MIN:
             known = strong_hash(data)  # small: faster than starting a thread
         alongside = Alongside(data) if known is None else None
         self.backend.put_blob(name, data, alongside)
-        _remember_strong(name, known or alongside.join())
+        remember_strong(name, known or alongside.join())  # type: ignore[union-attr]
         return name, size
 
     def commit(self, manifest: dict[str, Any], keep: int | None = None) -> int:
@@ -296,8 +234,8 @@ class RunStore:
             try:
                 # Create-only where the medium has no mutex (an object store): never over another's.
                 self.backend.put_record(
-                    self._manifest_name(generation),
-                    _sealed(record, self._blob_strong_hash),
+                    self.manifest_name(generation),
+                    seal(record, self._blob_strong_hash),
                     steps=("manifest-written", "manifest-synced"),
                     exclusive=True,
                 )
@@ -309,53 +247,48 @@ class RunStore:
         crash_point("manifest-renamed")
         self.backend.sync()
         crash_point("committed")
-        # On an object store each listing is a request: collection reuses the one above (only the
-        # owner adds manifests, and it deletes older ones only); on disk it lists again, as ever.
-        listed = None if self.local else [*listed, self._manifest_name(generation)]
+        # Where each listing is a request, collection reuses the one above (only the owner adds
+        # manifests, and it deletes older ones only); on disk it lists again, as ever.
+        reuse = None if self.backend.cheap_listing else [*listed, self.manifest_name(generation)]
         with self.fence():  # only the owner deletes: never a newer owner's blobs
-            self._collect(keep={generation, keep} - {None}, listed=listed)
+            self._collect(keep={generation} if keep is None else {generation, keep}, listed=reuse)
         return generation
 
     def mark_finished(self, generation: int, record: dict[str, Any]) -> None:
         """Write the completion record naming the final generation."""
         body = {**record, "format": FORMAT_VERSION, "generation": generation, "key": self.key}
         with self.fence():
-            self.backend.put_record("DONE", _sealed(body))
+            self.backend.put_record("DONE", seal(body))
         self.backend.sync()
 
     def write_outcome(self, record: dict[str, Any]) -> None:
         """Record how the last run ended (interrupted, failed: with the error's last line); atomic."""
         with contextlib.suppress(OSError), self.fence():
-            self.backend.put_record("outcome.json", json.dumps(record, ensure_ascii=False).encode())
+            self.backend.put_record(OUTCOME_FILE, json.dumps(record, ensure_ascii=False).encode())
 
     def clear_outcome(self) -> None:
         with contextlib.suppress(OSError), self.fence():
-            self.backend.delete("outcome.json")
+            self.backend.delete(OUTCOME_FILE)
 
     def read_outcome(self) -> dict[str, Any] | None:
-        raw = self.backend.read_plain("outcome.json")
+        raw = self.backend.read_plain(OUTCOME_FILE)
         try:
             record = json.loads(raw) if raw is not None else None
         except (ValueError, RecursionError):
             return None
         return record if isinstance(record, dict) else None
 
-    def stale_temporaries(self) -> list[Path]:
-        """Temporary files left by writers that are gone (a crash mid-write); none on object stores."""
-        if not self.local:
-            return []
-        return [
-            folder / name
-            for folder in (self.path, self.objects)
-            for name in _listdir(folder)
-            if name.startswith(TMP_PREFIX) and not _pid_alive_other(name)
-        ]
+    def stale_temporaries(self) -> list[Where]:
+        """Temporary files left by writers that are gone (a crash mid-write)."""
+        return [self.path / name for name in self.stale_temporary_names()]
 
     def clean_temporaries(self) -> None:
         """Remove :meth:`stale_temporaries`."""
-        for tmp in self.stale_temporaries():
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        for name in self.stale_temporary_names():
+            self.backend.delete(name)
+
+    def stale_temporary_names(self) -> list[str]:
+        return [name for name in self.backend.temporaries() if not _pid_alive_other(name.rpartition("/")[2])]
 
     # -- reading ------------------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -375,20 +308,20 @@ class RunStore:
         with contextlib.suppress(CheckpointFormatError):  # finished() raises that one
             try:
                 if self.backend.exists("DONE"):
-                    self._unseal("DONE")
+                    self.unseal("DONE")
             except CheckpointCorruptError as exc:
                 problems.append(exc)  # a damaged DONE is reported here; finished() says "not finished"
         generations = sorted(self._generations(), reverse=True)
         self.seen_generation = max([self.seen_generation, *generations[:1]])
         try:
-            if generations and self.backend.checks_permissions:
-                _check_folders(self)
+            if generations:
+                self.backend.check_folders(self.directory)
         except UntrustedCheckpointError as exc:
             return ReadResult(None, [*problems, exc])
         for generation in generations:
             try:
-                manifest = self._unseal(self._manifest_name(generation))
-                _check_manifest(self._manifest_path(generation), manifest)
+                manifest = self.unseal(self.manifest_name(generation))
+                check_manifest(self._manifest_path(generation), manifest)
                 if not load_state:
                     self._check_blobs(manifest)
                     return ReadResult(Checkpoint(generation, manifest), problems)
@@ -401,14 +334,14 @@ class RunStore:
             return ReadResult(Checkpoint(generation, manifest, state, buffers), problems)
         return ReadResult(None, problems)
 
-    def read_blob(self, name: str, check: Callable[[Any], None] | None = None) -> ReadBlob:
+    def read_blob(self, name: str, *, private: bool = False) -> ReadBlob:
         """Blob ``name`` read whole, checked against its name and hashed for the signature (both while
-        it is read); ``check`` runs on the open local file's stat first."""
-        blob = self.backend.read_blob(str(name), check)
+        it is read); ``private``: refused unless it is the user's own private file (where files have
+        owners)."""
+        blob = self.backend.read_blob(str(name), private=private)
         if blob.name != name:
             raise CheckpointCorruptError(self.objects / str(name), "its checksum does not match its content")
-        if not self.local:
-            self.backend.mark_verified(name)  # an unchanged blob need not be uploaded again
+        self.backend.mark_verified(name)  # an unchanged blob need not be stored again
         return blob
 
     def _check_blobs(self, manifest: dict[str, Any]) -> None:
@@ -425,91 +358,36 @@ class RunStore:
         """The completion record of a finished run whose final values ``gc --final-values`` deleted."""
         if not self.backend.exists("DONE"):
             return None
-        record = self._unseal("DONE")
+        record = self.unseal("DONE")
         return record if record.get("values_dropped") else None
 
-    def prune(self, dry_run: bool = False) -> int:
-        """Keep only the newest good generation and the blobs it names; returns the bytes freed.
-
-        For a run nobody executes (the caller holds its lease). Stale temporaries go too.
-        """
-        newest = self.read_latest(load_state=False).checkpoint
-        if newest is None:
-            return 0
-        kept = {self._manifest_name(newest.generation), "DONE"}
-        kept.update(f"objects/{name}" for name, _ in manifest_blobs(newest.manifest))
-        victims = [
-            name
-            for name in self._files()
-            if name not in kept and (name.startswith("objects/") or MANIFEST_RE.match(name))
-        ]
-        temporaries = [self._name_of(path) for path in self.stale_temporaries()]
-        return self._delete([*victims, *temporaries], dry_run)
-
-    def drop_values(self, dry_run: bool = False) -> int:
-        """Delete a finished run's checkpoints, keeping a DONE record that says so; returns bytes freed.
-
-        The record keeps the metadata (position, total, params, history), so the run stays listed as
-        finished and is never run again by accident (:class:`~resumable_magic.errors.ValuesDroppedError`).
-        """
-        newest = self.read_latest(load_state=False).checkpoint
-        if newest is None or self.finished(newest.generation) is None:
-            return 0
-        victims = [n for n in self._files() if n.startswith("objects/") or MANIFEST_RE.match(n)]
-        if not dry_run:
-            kept = ("position", "total", "params", "names", "header", "created", "history", "key")
-            record = {k: newest.manifest[k] for k in kept if k in newest.manifest}
-            body = {**self._unseal("DONE"), **record, "values_dropped": time.time()}
-            with self.fence():
-                self.backend.put_record("DONE", _sealed({**body, "format": FORMAT_VERSION}))
-                self.backend.sync()
-        return self._delete(victims, dry_run)
-
-    def _delete(self, names: list[str], dry_run: bool) -> int:
-        freed = 0
-        with self.fence():
-            for name in names:
-                try:
-                    size = self.backend.size(name)
-                    if not dry_run:
-                        self.backend.delete(name)
-                except OSError:
-                    continue
-                freed += size
-        return freed
-
-    def _files(self) -> list[str]:
+    def files(self) -> list[str]:
         """The run's own files, as names relative to its folder (``objects/<digest>`` for blobs)."""
         return [*self.backend.list(""), *(f"objects/{n}" for n in self.backend.list("objects"))]
-
-    def _name_of(self, path: Path) -> str:
-        return "objects/" + path.name if path.parent == self.objects else path.name
 
     def finished(self, latest_generation: int | None) -> dict[str, Any] | None:
         """The completion record, if it names the newest good generation (a newer run makes it stale)."""
         if not self.backend.exists("DONE"):
             return None
         try:
-            record = self._unseal("DONE")
+            record = self.unseal("DONE")
         except CheckpointCorruptError:  # reported by read_latest: the final checkpoint resumes instead
             return None
         return record if record.get("generation") == latest_generation else None
 
     # -- internals ----------------------------------------------------------------------------------
-    def _manifest_name(self, generation: int) -> str:
-        return f"manifest.{generation:08d}.json"
+    manifest_name = staticmethod(manifest_name)
 
-    def _manifest_path(self, generation: int) -> Any:
-        return self.path / self._manifest_name(generation)
+    def _manifest_path(self, generation: int) -> Where:
+        return self.path / self.manifest_name(generation)
 
-    def _unseal(self, name: str, verify: bool = True) -> dict[str, Any]:
-        """A sealed record of this run read through the backend (see the module's ``_unseal``)."""
-        return _unseal(self.path / name, verify, raw=self.backend.read_record(name, verify))
+    def unseal(self, name: str, verify: bool = True) -> dict[str, Any]:
+        """A sealed record of this run read through the backend (see :func:`.records.unseal`)."""
+        raw = self.backend.read_record(name, verify)
+        return unseal(self.path / name, verify, raw=raw, signature_only=not self.backend.checks_permissions)
 
     def _blob_strong_hash(self, name: str) -> str:
-        if self.local:
-            return file_hashes(self.objects / name)[1]
-        return self.backend.read_blob(name).strong
+        return self.backend.blob_hashes(name)[1]
 
     def _generations(self, listed: list[str] | None = None) -> Iterable[int]:
         for name in self.backend.list("") if listed is None else listed:
@@ -526,34 +404,21 @@ class RunStore:
         for generation in self._generations(listed):
             if generation in keep:
                 with contextlib.suppress(CheckpointCorruptError, CheckpointFormatError):
-                    body = self._unseal(self._manifest_name(generation), verify=False)
+                    body = self.unseal(self.manifest_name(generation), verify=False)
                     referenced.update(name for name, _ in manifest_blobs(body))
             elif generation < newest:
-                self.backend.delete(self._manifest_name(generation))
+                self.backend.delete(self.manifest_name(generation))
         crash_point("collecting")
         for name in self.backend.list("objects"):
             if not name.startswith(TMP_PREFIX) and name not in referenced:
                 self.backend.delete(f"objects/{name}")
         if ("DONE" in listed) if listed is not None else self.backend.exists("DONE"):
             try:
-                stale = self._unseal("DONE").get("generation") not in keep
+                stale = self.unseal("DONE").get("generation") not in keep
             except (CheckpointCorruptError, CheckpointFormatError):
                 stale = True
             if stale:
                 self.backend.delete("DONE")
-
-
-def pid_alive(pid: int) -> bool:
-    """True when process ``pid`` exists on this host (someone else's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except (OSError, OverflowError, ValueError):
-        return False
-    return True
 
 
 def _pid_alive_other(tmp_name: str) -> bool:

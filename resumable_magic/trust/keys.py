@@ -1,4 +1,4 @@
-"""Whose checkpoints are loaded: a signing key, HMAC signatures, and ssh-style permission checks.
+"""Whose checkpoints are loaded: the user's signing key, HMAC signatures and their verification.
 
 Unpickling a checkpoint runs code from it, so a checkpoint folder is an attack surface (a shared
 project folder, a world-writable scratch space, a checkpoint copied from a colleague). Two checks
@@ -11,12 +11,14 @@ stand between a planted file and ``pickle.loads``:
   verify is never unpickled. On object stores, which have no owner bits, this is the protection.
 * **Ownership and modes** (POSIX): a checkpoint file, its run folder, ``objects/`` and the
   checkpoint folder must be owned by the current user (root included, as ssh checks) and not
-  writable by group or others.
+  writable by group or others. The local storage backend checks that
+  (:func:`resumable_magic.storage.local.check_private`), as it reads.
 
 The key is, in this order: ``$RESUMABLE_SIGNING_KEY`` (the key itself: hex, or any text of at
 least 16 bytes), the file named by ``$RESUMABLE_SIGNING_KEY_FILE``, or
 ``<jupyter data dir>/resumable_magic_secret`` (beside Jupyter's own ``notebook_secret``), created on
-first use. ``resumable trust PATH`` re-signs checkpoints the user vouches for (:func:`trust_run`).
+first use. ``resumable trust PATH`` re-signs checkpoints the user vouches for
+(:func:`resumable_magic.store.resign.trust_run`).
 
 No IPython here; ``jupyter_core`` is imported only to find the default key's folder.
 """
@@ -31,24 +33,20 @@ import secrets
 import shlex
 import stat
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from resumable_magic.errors import OptionError, ResumableError, UntrustedCheckpointError
+from resumable_magic.errors import OptionError
 
 __all__ = [
     "ENV_KEY",
     "ENV_KEY_FILE",
     "SECRET_FILE_NAME",
-    "TrustReport",
-    "check_private",
     "default_key_file",
-    "find_runs",
     "key_source",
     "sign",
+    "signature_reason",
     "signing_key",
-    "trust_run",
+    "trust_remedy",
     "verify",
 ]
 
@@ -205,24 +203,10 @@ def verify(data: bytes, signature: object) -> bool:
 # -- messages ------------------------------------------------------------------------------------------
 
 
-def _user(uid: int) -> str:
-    try:
-        import pwd
-
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except (ImportError, KeyError):
-        return f"uid {uid}"
-
-
-def run_folder(path: Path) -> Path:
-    """The run folder a checkpoint file belongs to (a blob's is above ``objects/``)."""
-    folder = path.parent
-    return folder.parent if folder.name == "objects" else folder
-
-
-def trust_remedy(run: Path) -> str:
-    """What to do about a checkpoint that is not signed with the user's key."""
-    if not isinstance(run, Path):  # on object storage: the signature is the only check there is
+def trust_remedy(run: object, signature_only: bool = False) -> str:
+    """What to do about a checkpoint of the run folder ``run`` that is not signed with the user's key;
+    ``signature_only``: where it lives the signature is the only check (object storage)."""
+    if signature_only:
         return (
             f"Checkpoints on object storage are trusted by their signature alone: if you trust "
             f"{str(run)!r}, set ${ENV_KEY} or ${ENV_KEY_FILE} to the key that wrote it (every machine "
@@ -249,203 +233,3 @@ def signature_reason(signature: object) -> str:
         f"({key_source()}). Machines that share checkpoints (Dask workers, a team's bucket) need the "
         f"same key: set ${ENV_KEY} or ${ENV_KEY_FILE} on each"
     )
-
-
-# -- ownership and modes --------------------------------------------------------------------------------
-
-
-def check_private(
-    path: str | os.PathLike[str],
-    st: os.stat_result | None = None,
-    *,
-    run: Path | None = None,
-    what: str = "checkpoint file",
-) -> None:
-    """Refuse ``path`` unless the current user owns it and neither group nor others can write it.
-
-    ``st``: its stat, when the caller has the file open (``os.fstat``: no race with a rename).
-    ``run``: the run folder, for the message (files in it are fixed by ``resumable trust``; a folder
-    above it by ``chmod``). A no-op where there are no POSIX owners. A path that cannot be stat'ed is
-    left to the reader, which reports it as missing or unreadable.
-    """
-    if os.name != "posix":
-        return
-    path = Path(path)
-    if st is None:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return
-    run = run if run is not None else run_folder(path)
-    me = os.geteuid()
-    if st.st_uid != me:
-        raise UntrustedCheckpointError(
-            path,
-            f"it is owned by {_user(st.st_uid)} and you are {_user(me)}",
-            f"If you trust it, copy the run folder so that the copy is yours (`cp -r "
-            f"{shlex.quote(str(run))} COPY`) and run `resumable trust COPY`; otherwise delete it, or "
-            f"start over with --fresh.",
-            what,
-        )
-    mode = stat.S_IMODE(st.st_mode)
-    inside = path == run or run in path.parents
-    if not inside and stat.S_ISDIR(st.st_mode) and mode & stat.S_ISVTX:
-        return  # a sticky folder above the run (/tmp, a scratch space): others cannot move our entries
-    if mode & 0o022:
-        who = {0o020: "its group", 0o002: "others"}.get(mode & 0o022, "its group and others")
-        remedy = (
-            f"If you trust it, run `resumable trust {shlex.quote(str(run))}`, which also makes the "
-            f"run's files private (folders 700, files 600); otherwise delete it."
-            if inside
-            else f"If you trust everyone who could write to it, make it private: chmod go-w "
-            f"{shlex.quote(str(path))}."
-        )
-        raise UntrustedCheckpointError(
-            path,
-            f"it is writable by {who} (mode {mode:04o}), so someone else could have put it there",
-            remedy,
-            what,
-        )
-
-
-# -- resumable trust PATH -----------------------------------------------------------------------------
-
-
-@dataclass
-class TrustReport:
-    """What :func:`trust_run` did to one run folder."""
-
-    run: Path
-    signed: list[str] = field(default_factory=list)  # file names re-signed
-    skipped: list[str] = field(default_factory=list)  # "name: why" of damaged files left alone
-    modes_fixed: int = 0
-    notes: list[str] = field(default_factory=list)
-
-
-def find_runs(path: Path) -> list[Path]:
-    """``path`` if it is a run folder, else every run folder under it (nested keys included)."""
-    from resumable_magic.store.runstore import MANIFEST_RE
-
-    found, stack = [], [path]
-    while stack:
-        folder = stack.pop()
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError:
-            continue
-        if any(MANIFEST_RE.match(e.name) or e.name == "DONE" for e in entries):
-            found.append(folder)
-        stack.extend(
-            Path(e.path) for e in reversed(entries) if e.name != "objects" and e.is_dir(follow_symlinks=False)
-        )
-    return found
-
-
-def _own_files(run: Path) -> Iterator[Path]:
-    yield run
-    for folder in (run, run / "objects"):
-        with contextlib.suppress(FileNotFoundError):
-            for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-                if entry.name == "objects" or not entry.is_dir(follow_symlinks=False):
-                    yield Path(entry.path)
-
-
-def _folders_between(top: Path | None, run: Path) -> list[Path]:
-    """``top`` and the folders below it that hold ``run`` (not ``run`` itself)."""
-    if top is None or top == run or os.name != "posix":
-        return []
-    try:
-        parts = run.relative_to(top).parts
-    except ValueError:
-        return []
-    return [top.joinpath(*parts[:i]) for i in range(len(parts))]
-
-
-def trust_run(run: Path, top: Path | None = None) -> TrustReport:
-    """Re-sign the run at ``run`` with the user's key after verifying every checksum, and make its
-    files private. Damaged files are skipped (and reported), never signed. ``top``: the folder the
-    user named, when ``run`` was found under it; the folders from it down to ``run`` lose group and
-    other write permission.
-
-    Refuses (:class:`~resumable_magic.errors.ResumableError`) a run with files owned by someone else
-    (copy it: ``cp -r`` makes the copy yours) and a run being executed (its lease is live).
-    """
-    from resumable_magic.lease.lease import Lease
-    from resumable_magic.storage.blobs import file_hashes
-    from resumable_magic.storage.local import fsync_dir as _fsync_dir
-    from resumable_magic.storage.local import write_atomic as _write_atomic
-    from resumable_magic.store.runstore import (
-        BLOB_HASHES,
-        MANIFEST_RE,
-        CheckpointCorruptError,
-        CheckpointFormatError,
-        _check_manifest,
-        _sealed,
-        _unseal,
-        manifest_blobs,
-    )
-
-    report = TrustReport(run)
-    signing_key()  # a missing or malformed key fails here, before anything changes
-    me = os.geteuid() if os.name == "posix" else None
-    for path in _own_files(run):
-        st = os.lstat(path)
-        if stat.S_ISLNK(st.st_mode):
-            raise ResumableError(
-                f"{str(path)!r} is a symbolic link: copy the run folder (cp -rL) and trust the copy"
-            )
-        if me is not None and st.st_uid != me:
-            raise ResumableError(
-                f"{str(path)!r} is owned by {_user(st.st_uid)} and you are {_user(me)}: nothing in "
-                f"{str(run)!r} was changed. Copy the run folder, which makes the copy yours (cp -r "
-                f"{shlex.quote(str(run))} COPY), then run `resumable trust COPY`"
-            )
-    for folder in _folders_between(top, run):
-        st = os.stat(folder)
-        if st.st_mode & 0o022 and st.st_uid == me:
-            os.chmod(folder, stat.S_IMODE(st.st_mode) & ~0o022)
-            report.modes_fixed += 1
-    lease = Lease(run, run.name)
-    lease.acquire()  # RunOwnedError while a live process executes the run: it writes with its own key
-    try:
-        for path in _own_files(run):
-            mode = stat.S_IMODE(os.lstat(path).st_mode)
-            private = 0o700 if path.is_dir() else 0o600
-            if mode != private:
-                os.chmod(path, private)
-                report.modes_fixed += 1
-        with lease.fenced():
-            for path in sorted(p for p in run.iterdir() if MANIFEST_RE.match(p.name) or p.name == "DONE"):
-                try:
-                    body = _unseal(path, verify=False)
-                    if path.name != "DONE":
-                        _check_manifest(path, body)
-                        hashes = {}
-                        for name, _ in manifest_blobs(body):
-                            blob = run / "objects" / name
-                            try:
-                                fast, strong = file_hashes(blob)
-                            except OSError as exc:
-                                raise CheckpointCorruptError(
-                                    blob, f"cannot be read ({exc.strerror})"
-                                ) from None
-                            if fast != name:
-                                raise CheckpointCorruptError(blob, "its checksum does not match its content")
-                            hashes[name] = strong
-                        body[BLOB_HASHES] = hashes
-                except (CheckpointCorruptError, CheckpointFormatError) as exc:
-                    report.skipped.append(f"{path.name}: {exc}")
-                    continue
-                _write_atomic(path, _sealed(body))
-                report.signed.append(path.name)
-            _fsync_dir(run)
-    finally:
-        lease.release(undo=True)
-    parent = run.parent if top is None or top == run else top
-    with contextlib.suppress(OSError):
-        if os.name == "posix" and os.stat(parent).st_mode & 0o022:
-            report.notes.append(
-                f"the folder above it, {str(parent)!r}, is writable by others: checkpoints in it are "
-                f"refused until you make it private (chmod go-w {shlex.quote(str(parent))})"
-            )
-    return report
