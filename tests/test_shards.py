@@ -24,14 +24,12 @@ import pytest
 import resumable_magic
 from resumable_magic import OptionError
 from resumable_magic.distributed.client import (
-    DaskMissingError,
-    ShardFailedError,
-    ShardingChangedError,
     resumable_map,
     resumable_sweep,
     shard_indices,
 )
 from resumable_magic.distributed.progress import MapProgress, WidgetMapView
+from resumable_magic.errors import DaskMissingError, ShardFailedError, ShardingChangedError
 from resumable_magic.lease.lease import owner_state
 from resumable_magic.store.catalog import list_runs
 

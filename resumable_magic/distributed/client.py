@@ -34,12 +34,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resumable_magic.errors import OptionError, ResumableError, ResumeRefusedError, RunOwnedError
+from resumable_magic.errors import (
+    DaskMissingError,
+    OptionError,
+    ResumableError,
+    ResumeRefusedError,
+    RunOwnedError,
+    ShardFailedError,
+    ShardingChangedError,
+)
 
 __all__ = [
-    "DaskMissingError",
-    "ShardFailedError",
-    "ShardingChangedError",
     "resumable_map",
     "resumable_sweep",
     "shard_indices",
@@ -49,49 +54,6 @@ SPLITS = ("mod", "blocks")
 SHARD_RE = re.compile(r"^shard-(\d{4,})-of-(\d{4,})$")
 OWNER_POLL_SECONDS = 0.5  # a second task on a run owned by a live process waits for it this often
 POLL_SECONDS = 0.5  # the client refreshes the progress view this often while it waits
-
-
-class DaskMissingError(ResumableError, ImportError):
-    """Dask's distributed scheduler is not installed."""
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(
-            f"Sharded maps run on Dask's distributed scheduler, which is not installed ({cause}): "
-            f'pip install "resumable_magic[dask]" (or "dask[distributed]").'
-        )
-
-
-class ShardingChangedError(ResumeRefusedError):
-    """A map's folder holds shards of another sharding than the one asked for."""
-
-    def __init__(self, key: str, directory: Path, found: Sequence[int], asked: int | None) -> None:
-        self.key, self.directory, self.found, self.asked = key, directory, tuple(found), asked
-        counts = " and ".join(str(n) for n in self.found)
-        what = f"this call asks for {asked}" if asked is not None else "which one to resume is unclear"
-        super().__init__(
-            f"Map {key!r} in {str(directory)!r} was started with {counts} shards; {what}. Each shard "
-            f"holds partial results by item index, so another sharding cannot reuse them and mixing "
-            f"them would be silently wrong. Call again with shards={self.found[0]}, give this map "
-            f"another key, or delete the folder {str(directory / key)!r} to start over."
-        )
-
-
-class ShardFailedError(ResumableError, RuntimeError):
-    """A shard (or sweep member) refused to run or failed inside the library; names the run."""
-
-    def __init__(self, run_key: str, error: BaseException) -> None:
-        self.run_key, self.error_type = run_key, type(error).__name__
-        super().__init__(f"Run {run_key!r}: {type(error).__name__}: {error}")
-
-    def __reduce__(self) -> tuple[Any, ...]:  # travels back from a Dask worker
-        return (_rebuild_failure, (self.run_key, self.error_type, str(self)))
-
-
-def _rebuild_failure(run_key: str, error_type: str, message: str) -> ShardFailedError:
-    error = ShardFailedError.__new__(ShardFailedError)
-    error.run_key, error.error_type = run_key, error_type
-    Exception.__init__(error, message)
-    return error
 
 
 # -- planning: everything checked before a cluster starts or any work runs -----------------------------
