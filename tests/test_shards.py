@@ -23,11 +23,8 @@ import pytest
 
 import resumable_magic
 from resumable_magic import OptionError
-from resumable_magic.distributed.client import (
-    resumable_map,
-    resumable_sweep,
-    shard_indices,
-)
+from resumable_magic.distributed.client import resumable_map, resumable_sweep
+from resumable_magic.distributed.plan import shard_indices
 from resumable_magic.distributed.progress import MapProgress, WidgetMapView
 from resumable_magic.errors import DaskMissingError, ShardFailedError, ShardingChangedError
 from resumable_magic.lease.lease import owner_state
