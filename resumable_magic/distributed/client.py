@@ -120,8 +120,8 @@ def _execute(client: Any, func: Callable[..., Any], plan: Plan, progress: bool |
             changed.clear()
             for n, future in list(pending.items()):
                 if future.done():
-                    reports[n] = future.result()  # raises the shard's error
-                    model.run_done(plan.specs[n].name, reports[n])
+                    reports[n] = report = future.result()  # raises the shard's error
+                    model.run_done(plan.specs[n].name, report)
                     del pending[n]
                     future.release()
             started = time.monotonic()
