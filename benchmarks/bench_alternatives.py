@@ -56,7 +56,7 @@ from _common import (
 )
 
 from resumable_magic import Resumable
-from resumable_magic.progress.model import TextProgress
+from resumable_magic.progress.textview import TextProgress
 from resumable_magic.state.serialize import buffer_digest, encode_state
 from resumable_magic.storage.local import fsync_dir, write_atomic
 

@@ -131,7 +131,7 @@ print("total", total)
     Tool(
         "ours",
         (),
-        "from resumable_magic import Resumable, load\nfrom resumable_magic.progress.model import TextProgress\n"
+        "from resumable_magic import Resumable, load\nfrom resumable_magic.progress.textview import TextProgress\n"
         "%load_ext resumable_magic",
         "run = Resumable('bench', globals(), {names_list}, dir=CK, progress=TextProgress(quiet=True))\n"
         "run.__enter__()",

@@ -56,7 +56,7 @@ CASES = {
 SETUP = """
 import json, time, tempfile
 from resumable_magic.core.cellrun import run_cell
-from resumable_magic.progress.model import TextProgress
+from resumable_magic.progress.textview import TextProgress
 CHECKPOINTS = tempfile.mkdtemp()
 
 def bench(kind, setup, loop, n):

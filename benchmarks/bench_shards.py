@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import ratio_headline, versions, write_json
 
 from resumable_magic.core.run import Resumable
-from resumable_magic.distributed.client import resumable_map, shard_indices
+from resumable_magic.distributed.client import resumable_map
+from resumable_magic.distributed.plan import shard_indices
 from resumable_magic.distributed.progress import MapProgress
 from resumable_magic.progress.model import ProgressModel
 from resumable_magic.store.catalog import list_runs

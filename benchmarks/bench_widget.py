@@ -35,7 +35,7 @@ TARGET = 1.05
 SETUP = """
 import json, time, tempfile
 from resumable_magic.core.cellrun import run_cell
-from resumable_magic.progress.model import TextProgress
+from resumable_magic.progress.textview import TextProgress
 from resumable_magic.progress.widget import WidgetProgress
 
 LOOP = '''

@@ -7,14 +7,16 @@ still fails (later cells of a "Run all" do not run). Nothing here imports IPytho
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "CellStructureError",
     "CheckpointCorruptError",
     "CheckpointFormatError",
     "CheckpointWriteError",
+    "DaskMissingError",
     "InputsChangedError",
     "IterationMismatchError",
     "NoCheckpointError",
@@ -26,6 +28,8 @@ __all__ = [
     "ResumeRefusedError",
     "RunInterrupted",
     "RunOwnedError",
+    "ShardFailedError",
+    "ShardingChangedError",
     "StateVariableError",
     "UntrustedCheckpointError",
     "ValuesDroppedError",
@@ -206,6 +210,53 @@ class ValuesDroppedError(ResumeRefusedError):
             f"`resumable gc --final-values`, so they cannot be restored. It is not run again by "
             f"accident: use --fresh to run it again."
         )
+
+
+# -- sharded maps and sweeps (resumable_magic.distributed) --------------------------------------------
+
+
+class DaskMissingError(ResumableError, ImportError):
+    """Dask's distributed scheduler is not installed."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(
+            f"Sharded maps run on Dask's distributed scheduler, which is not installed ({cause}): "
+            f'pip install "resumable_magic[dask]" (or "dask[distributed]").'
+        )
+
+
+class ShardingChangedError(ResumeRefusedError):
+    """A map's folder holds shards of another sharding than the one asked for."""
+
+    def __init__(self, key: str, directory: Any, found: Sequence[int], asked: int | None) -> None:
+        # directory: a local Path or a storage.RemotePath (an s3:// URL keeps its form)
+        self.key, self.directory, self.found, self.asked = key, directory, tuple(found), asked
+        counts = " and ".join(str(n) for n in self.found)
+        what = f"this call asks for {asked}" if asked is not None else "which one to resume is unclear"
+        super().__init__(
+            f"Map {key!r} in {str(directory)!r} was started with {counts} shards; {what}. Each shard "
+            f"holds partial results by item index, so another sharding cannot reuse them and mixing "
+            f"them would be silently wrong. Call again with shards={self.found[0]}, give this map "
+            f"another key, or delete the folder {str(directory / key)!r} to start over."
+        )
+
+
+class ShardFailedError(ResumableError, RuntimeError):
+    """A shard (or sweep member) refused to run or failed inside the library; names the run."""
+
+    def __init__(self, run_key: str, error: BaseException) -> None:
+        self.run_key, self.error_type = run_key, type(error).__name__
+        super().__init__(f"Run {run_key!r}: {type(error).__name__}: {error}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # travels back from a Dask worker
+        return (_rebuild_failure, (self.run_key, self.error_type, str(self)))
+
+
+def _rebuild_failure(run_key: str, error_type: str, message: str) -> ShardFailedError:
+    error = ShardFailedError.__new__(ShardFailedError)
+    error.run_key, error.error_type = run_key, error_type
+    Exception.__init__(error, message)
+    return error
 
 
 class RunInterrupted(KeyboardInterrupt):

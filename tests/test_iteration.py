@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from resumable_magic import Resumable
-from resumable_magic.progress.model import TextProgress
+from resumable_magic.progress.textview import TextProgress
 
 SEQUENCES = {
     "range": range(1000),

@@ -21,7 +21,7 @@ from resumable_magic import load
 from resumable_magic.core.cellrun import run_cell
 from resumable_magic.errors import ResumableError
 from resumable_magic.frontends.magic import derive_key
-from resumable_magic.progress.model import TextProgress
+from resumable_magic.progress.textview import TextProgress
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

@@ -14,7 +14,6 @@ from resumable_magic.progress.model import (
     ProgressModel,
     ResumeInfo,
     StartInfo,
-    TextProgress,
     format_clock,
     format_count,
     format_duration,
@@ -23,6 +22,7 @@ from resumable_magic.progress.model import (
     progress_line,
     summary_line,
 )
+from resumable_magic.progress.textview import TextProgress
 
 T0 = 1_700_000_000.0  # a wall-clock instant
 

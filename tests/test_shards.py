@@ -23,16 +23,12 @@ import pytest
 
 import resumable_magic
 from resumable_magic import OptionError
-from resumable_magic.distributed.client import (
-    DaskMissingError,
-    ShardFailedError,
-    ShardingChangedError,
-    resumable_map,
-    resumable_sweep,
-    shard_indices,
-)
-from resumable_magic.distributed.progress import MapProgress, WidgetMapView
+from resumable_magic.distributed.client import resumable_map, resumable_sweep
+from resumable_magic.distributed.plan import shard_indices
+from resumable_magic.distributed.progress import MapProgress
+from resumable_magic.errors import DaskMissingError, ShardFailedError, ShardingChangedError
 from resumable_magic.lease.lease import owner_state
+from resumable_magic.progress.widget import WidgetMapView
 from resumable_magic.store.catalog import list_runs
 
 EVERY = 5  # items per checkpoint interval in the kill test: the most a killed shard may redo

@@ -1,1 +1,1 @@
-"""What a run shows its user: the progress model and its text and widget views."""
+"""What a run, or a sharded map, shows its user: the progress models and their text and widget views."""

@@ -1,8 +1,8 @@
-"""The progress model of one run, and its text view.
+"""The progress models: a run's events in, immutable snapshots of a run or of a map out.
 
-The run (``run.py``) reports events to a :class:`ProgressModel`; views (the text line below, the
-ipywidgets view in ``widget.py``) render the model. This module imports neither IPython nor
-ipywidgets.
+The run (``core/run.py``) reports events to a :class:`ProgressModel`; views (the text view in
+``textview.py``, the ipywidgets view in ``widget.py``) render the model. This module imports neither
+IPython nor ipywidgets.
 
 Contract with ``run.py`` (the calls the run makes, in order, all from the loop's thread):
 
@@ -15,20 +15,22 @@ Contract with ``run.py`` (the calls the run makes, in order, all from the loop's
 - ``run_ended(outcome, detail)`` once; outcome is one of ``OUTCOMES``.
 
 Views read the model from any thread through :meth:`ProgressModel.snapshot`, an immutable
-:class:`Snapshot` with every derived number (smoothed rate, ETA, overhead share, time since the last
-checkpoint); :func:`progress_line` and :func:`summary_line` (in ``progress_text.py``, re-exported
-here) turn a snapshot into the text that the text view prints and that the widget uses as its
+:class:`RunSnapshot` with every derived number (smoothed rate, ETA, overhead share, time since the
+last checkpoint); :func:`progress_line` and :func:`summary_line` (in ``text.py``, re-exported here)
+turn a snapshot into the text that the text view prints and that the widget uses as its
 ``text/plain`` representation.
+
+A sharded map or sweep (``resumable_magic.distributed``) shows one view for all its runs: its poller
+is a :class:`MapSource` of snapshots (:class:`MapSnapshot`), each run in one a :class:`RunProgress`.
 """
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, Protocol
 
 from resumable_magic.progress.text import (
     checkpoint_text,
@@ -46,11 +48,13 @@ __all__ = [
     "OUTCOMES",
     "STATES",
     "CheckpointStats",
+    "MapSnapshot",
+    "MapSource",
     "ProgressModel",
     "ResumeInfo",
-    "Snapshot",
+    "RunProgress",
+    "RunSnapshot",
     "StartInfo",
-    "TextProgress",
     "checkpoint_text",
     "format_clock",
     "format_count",
@@ -121,7 +125,7 @@ class CheckpointStats:
 
 
 @dataclass(frozen=True)
-class Snapshot:
+class RunSnapshot:
     """Everything a view shows, computed at one instant (``now_wall``)."""
 
     state: str
@@ -256,7 +260,7 @@ class ProgressModel:
         del self.messages[:-KEEP_MESSAGES]
 
     # -- derived ----------------------------------------------------------------------------
-    def snapshot(self) -> Snapshot:
+    def snapshot(self) -> RunSnapshot:
         """A consistent, immutable view of the model now (safe from any thread)."""
         with self._lock:
             now = self._clock() if self.ended_monotonic is None else self.ended_monotonic
@@ -274,7 +278,7 @@ class ProgressModel:
                 eta = max(
                     remaining / self.rate - (now - self._last_advance), max(remaining - 1, 0) / self.rate
                 )
-            return Snapshot(
+            return RunSnapshot(
                 state=self.state,
                 position=self.position,
                 total=total,
@@ -313,105 +317,82 @@ class ProgressModel:
         return summary_line(snap) if snap.ended else progress_line(snap)
 
 
-# -- the text view -------------------------------------------------------------------------------
+# -- a sharded map or sweep: one view for all its runs -------------------------------------------
 
 
-class TextProgress(ProgressModel):
-    """Text view: a progress line and the final summary line.
+@dataclass(frozen=True)
+class RunProgress:
+    """One shard or sweep member as last seen."""
 
-    On a terminal the line is redrawn in place (``\\r``) at most ``refresh`` times a second. In
-    captured output (a pipe, a notebook executed headless) a full line is written sparingly: after
-    ``first_line`` seconds, then at doubling intervals up to ``max_interval``. ``quiet`` shows only
-    warnings and the final summary line. Warnings go to stderr.
-    """
-
-    def __init__(
-        self,
-        stream: TextIO | None = None,
-        quiet: bool = False,
-        *,
-        refresh: float = 0.5,
-        first_line: float = 10.0,
-        max_interval: float = 600.0,
-        clock: Callable[[], float] = time.monotonic,
-        wall: Callable[[], float] = time.time,
-        err_stream: TextIO | None = None,
-    ) -> None:
-        super().__init__(clock=clock, wall=wall)
-        self._stream, self._err = stream, err_stream
-        self._quiet = quiet
-        self._refresh, self._interval, self._max_interval = refresh, first_line, max_interval
-        self._next_draw = self.started_monotonic
-        self._drawn = 0  # width of the line on the terminal (0: none drawn)
-        self._tty: bool | None = None
+    name: str
+    path: Any  # a local Path or a storage.RemotePath
+    size: int | None  # items (None: a sweep member's own loop, total from its checkpoints)
+    state: str = "waiting"  # waiting, running, done
+    position: int = 0  # reached: the lease's while running, else the last checkpoint's
+    checkpointed: int | None = None  # position of the newest checkpoint
+    checkpoint_wall: float | None = None  # when it was written
+    total: int | None = None  # from the newest checkpoint
+    pid: int | None = None
+    host: str | None = None
+    generation: int | None = None
 
     @property
-    def stream(self) -> TextIO:
-        return self._stream or sys.stdout
+    def items(self) -> int | None:
+        return self.size if self.size is not None else self.total
+
+    def done_items(self) -> int:
+        if self.state == "done":
+            return self.items if self.items is not None else self.position
+        return min(self.position, self.items) if self.items is not None else self.position
+
+
+@dataclass(frozen=True)
+class MapSnapshot:
+    """Everything a view of a map shows, at one instant."""
+
+    key: str
+    what: str  # "shard" or "member"
+    state: str  # running, finished, failed, interrupted
+    runs: tuple[RunProgress, ...]
+    items_total: int | None
+    items_done: int
+    rate: float | None
+    eta: float | None
+    elapsed: float
+    replayed: int
+    resumed: int
+    redone: int  # items redone by resumed runs (as far as known)
+    messages: tuple[tuple[str, str], ...]
+    now_wall: float
 
     @property
-    def err_stream(self) -> TextIO:
-        return self._err or sys.stderr
+    def done(self) -> int:
+        return sum(r.state == "done" for r in self.runs)
 
-    def _is_tty(self) -> bool:
-        if self._tty is None:
-            try:
-                self._tty = bool(self.stream.isatty())
-            except (AttributeError, ValueError):
-                self._tty = False
-        return self._tty
+    @property
+    def running(self) -> tuple[RunProgress, ...]:
+        return tuple(r for r in self.runs if r.state == "running")
 
-    def _clear(self) -> None:
-        if self._drawn:
-            self.stream.write("\r" + " " * self._drawn + "\r")
-            self._drawn = 0
+    def noun(self, n: int) -> str:
+        word = "shard" if self.what == "shard" else "sweep member"
+        return word if n == 1 else word + "s"
 
-    def _maybe_draw(self, force: bool = False) -> None:
-        if self._quiet:
-            return
-        now = self._clock()
-        if not force and now < self._next_draw:
-            return
-        line = progress_line(self.snapshot())
-        if self._is_tty():
-            self.stream.write("\r" + line + " " * max(self._drawn - len(line), 0))
-            self._drawn = len(line)
-            self._next_draw = now + self._refresh
-        else:
-            self.stream.write(line + "\n")
-            self._next_draw = now + self._interval
-            self._interval = min(self._interval * 2, self._max_interval)
-        self.stream.flush()
 
-    def run_started(self, info: StartInfo) -> None:
-        super().run_started(info)
-        if self._is_tty():
-            self._next_draw = self.started_monotonic  # first draw at once
-        else:
-            self._next_draw = self.started_monotonic + self._interval
-            self._interval = min(self._interval * 2, self._max_interval)
+class MapSource(Protocol):
+    """What the views of a map read (``distributed.progress.MapProgress`` is one)."""
 
-    def advanced(self, position: int) -> None:
-        super().advanced(position)
-        if self._clock() >= self._next_draw:
-            self._maybe_draw()
+    started: float  # when the map started, on the clock of now()
+    messages: list[tuple[str, str]]  # every message so far, oldest first
 
-    def checkpoint_finished(self, stats: CheckpointStats) -> None:
-        super().checkpoint_finished(stats)
-        self._maybe_draw()
+    def now(self) -> float: ...  # a monotonic clock
+    def snapshot(self) -> MapSnapshot: ...
+    def line(self) -> str: ...  # the progress line while running, the summary once ended
 
-    def message(self, level: str, text: str) -> None:
-        super().message(level, text)
-        if level == "info" and self._quiet:
-            return
-        self._clear()
-        if level == "info":
-            print(text, file=self.stream, flush=True)
-        else:
-            self.stream.flush()
-            print(f"resumable: {text}", file=self.err_stream, flush=True)
 
-    def run_ended(self, outcome: str, detail: str = "") -> None:
-        super().run_ended(outcome, detail)
-        self._clear()
-        print(self.summary(), file=self.stream, flush=True)
+def __getattr__(name: str) -> Any:
+    # TextProgress is a view and lives in textview.py; core/run.py still imports it from here.
+    if name == "TextProgress":
+        from resumable_magic.progress.textview import TextProgress
+
+        return TextProgress
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

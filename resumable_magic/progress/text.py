@@ -1,9 +1,10 @@
-"""Text of the progress model: formatting of durations, sizes, rates and clock times, and the two
-lines every view shows, the compact progress line and the final summary line.
+"""The words of progress: formatting of durations, sizes, rates and clock times, and the lines every
+view shows, for one run and for a sharded map: the compact progress line and the final summary line.
 
-Pure functions of a :class:`~resumable_magic.progress.model.Snapshot`; the text view
-(:class:`~resumable_magic.progress.model.TextProgress`) prints them, the widget uses them as its
-``text/plain`` representation. ``resumable_magic.progress.model`` re-exports them.
+Pure functions of a snapshot (:class:`~resumable_magic.progress.model.RunSnapshot`,
+:class:`~resumable_magic.progress.model.MapSnapshot`); the text views (``textview.py``) print them,
+the widgets use them as their ``text/plain`` representation. ``resumable_magic.progress.model``
+re-exports the run's.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from resumable_magic.progress.model import Snapshot
+    from resumable_magic.progress.model import MapSnapshot, RunProgress, RunSnapshot
 
 __all__ = [
     "checkpoint_text",
@@ -21,8 +22,12 @@ __all__ = [
     "format_duration",
     "format_rate",
     "format_size",
+    "map_items_text",
+    "map_progress_line",
+    "map_summary_line",
     "progress_line",
     "resume_text",
+    "run_checkpoint_age",
     "summary_line",
 ]
 
@@ -86,14 +91,14 @@ def format_clock(wall: float, now: float | None = None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", then)
 
 
-def _position_text(snap: Snapshot) -> str:
+def _position_text(snap: RunSnapshot) -> str:
     if snap.total is not None:
         pct = f"{snap.fraction:.0%}" if snap.fraction is not None else "-"
         return f"{pct} {format_count(snap.position)}/{format_count(snap.total)}"
     return f"{format_count(snap.position)} it"
 
 
-def checkpoint_text(snap: Snapshot) -> str:
+def checkpoint_text(snap: RunSnapshot) -> str:
     """``last checkpoint 12 s ago (14:03:22), 5 written, 12.3 MiB in 0.12 s, overhead 0.8%``."""
     last = snap.last_checkpoint
     if last is None:
@@ -114,7 +119,7 @@ def checkpoint_text(snap: Snapshot) -> str:
     return text
 
 
-def resume_text(snap: Snapshot) -> str:
+def resume_text(snap: RunSnapshot) -> str:
     """``resumed from iteration 1,200 (checkpoint of 14:03:22), redoing 37 iterations (12 s)``, or ''."""
     info = snap.info
     if info is None:
@@ -139,7 +144,7 @@ def resume_text(snap: Snapshot) -> str:
     return text
 
 
-def progress_line(snap: Snapshot) -> str:
+def progress_line(snap: RunSnapshot) -> str:
     """The compact line while running:
     ``running 45% 90,000/200,000 | 1,234 it/s | ETA 1 min 29 s | last checkpoint 12 s ago (14:03:22), ...``.
     """
@@ -150,7 +155,7 @@ def progress_line(snap: Snapshot) -> str:
     return " | ".join(parts)
 
 
-def summary_line(snap: Snapshot) -> str:
+def summary_line(snap: RunSnapshot) -> str:
     """The one-line final summary: outcome, iterations, wall time, checkpoints, overhead, resumes."""
     info = snap.info
     if info is not None and info.replayed:
@@ -198,3 +203,68 @@ def summary_line(snap: Snapshot) -> str:
             "run the cell again to resume"
         )
     return text
+
+
+# -- a sharded map or sweep ----------------------------------------------------------------------
+
+
+def map_items_text(snap: MapSnapshot) -> str:
+    """``45% 90/200 items``, or ``90 items`` when the total is not known yet."""
+    if snap.items_total is None:
+        return f"{format_count(snap.items_done)} items"
+    pct = snap.items_done / snap.items_total if snap.items_total else 1.0
+    return f"{pct:.0%} {format_count(snap.items_done)}/{format_count(snap.items_total)} items"
+
+
+def run_checkpoint_age(run: RunProgress, now_wall: float) -> str:
+    """``last checkpoint 12 s ago`` of one shard, or ``no checkpoint yet``."""
+    if run.checkpoint_wall is None:
+        return "no checkpoint yet"
+    return f"last checkpoint {format_duration(max(now_wall - run.checkpoint_wall, 0.0), whole=True)} ago"
+
+
+def map_progress_line(snap: MapSnapshot) -> str:
+    """``running 45% 90/200 items | 1/4 shards done, 2 running | 12.3 it/s | ETA 8 s | oldest checkpoint 3 s ago``."""
+    running = snap.running
+    parts = [
+        f"running {map_items_text(snap)}",
+        f"{snap.done}/{len(snap.runs)} {snap.noun(len(snap.runs))} done, {len(running)} running",
+        format_rate(snap.rate),
+    ]
+    if snap.eta is not None:
+        parts.append(f"ETA {format_duration(snap.eta, whole=True)}")
+    walls = [r.checkpoint_wall for r in running if r.checkpoint_wall is not None]
+    if walls:
+        parts.append(
+            f"oldest checkpoint of a running {snap.noun(1)} "
+            f"{format_duration(max(snap.now_wall - min(walls), 0.0), whole=True)} ago"
+        )
+    return " | ".join(parts)
+
+
+def map_summary_line(snap: MapSnapshot) -> str:
+    """``finished: 200 items in 4 shards in 3.2 s (1 replayed, 1 resumed from its checkpoint, 4 items redone)``."""
+    n = len(snap.runs)
+    if snap.state == "finished":
+        what = (
+            f"{format_count(snap.items_total)} items in "
+            if snap.items_total is not None and snap.what == "shard"
+            else ""
+        )
+        text = f"finished: {what}{n} {snap.noun(n)} in {format_duration(snap.elapsed)}"
+    else:
+        text = (
+            f"{snap.state} after {format_duration(snap.elapsed)}: {snap.done}/{n} {snap.noun(n)} done, "
+            f"{map_items_text(snap)}; the checkpoints are kept: call again to resume"
+        )
+    notes = []
+    if snap.replayed:
+        notes.append(f"{snap.replayed} replayed")
+    if snap.resumed:
+        resumed = (
+            f"{snap.resumed} resumed from {'its checkpoint' if snap.resumed == 1 else 'their checkpoints'}"
+        )
+        if snap.redone:
+            resumed += f", {format_count(snap.redone)} item{'' if snap.redone == 1 else 's'} redone"
+        notes.append(resumed)
+    return text + (f" ({', '.join(notes)})" if notes else "")

@@ -1,4 +1,5 @@
-"""The ipywidgets view of the progress model: the only module of the package that imports ipywidgets.
+"""The ipywidgets views of the progress models, a run's and a sharded map's: the only module of the
+package that imports ipywidgets (and, for ``display``, IPython).
 
 :class:`WidgetProgress` is a :class:`~resumable_magic.progress.model.ProgressModel` that displays a small
 panel under the cell when the run starts: state (word and colour), a progress bar (or a count when
@@ -10,6 +11,10 @@ The loop's thread only updates the model's counters (cheap); a daemon timer thre
 model into the widgets a few times a second at most, and only changed values are sent. The panel's
 ``text/plain`` representation is the model's text line (the final summary once the run ended), which
 is what frontends without a widget manager (nbconvert, nbclient, nbval) store and show.
+
+:class:`WidgetMapView` is the panel of a sharded map or sweep: state, a bar of items (or runs) done,
+and a row per running shard, redrawn when the map's poller (a
+:class:`~resumable_magic.progress.model.MapSource`) says so.
 
 The magic calls :func:`make_widget_progress`.
 """
@@ -28,20 +33,27 @@ import ipywidgets as widgets
 
 from resumable_magic.progress.model import (
     CheckpointStats,
+    MapSnapshot,
+    MapSource,
     ProgressModel,
-    Snapshot,
+    RunSnapshot,
     StartInfo,
-    TextProgress,
+)
+from resumable_magic.progress.text import (
     format_clock,
     format_count,
     format_duration,
     format_rate,
     format_size,
+    map_items_text,
+    map_summary_line,
     resume_text,
+    run_checkpoint_age,
     summary_line,
 )
+from resumable_magic.progress.textview import NullMapView, TextProgress, in_kernel
 
-__all__ = ["STATE_COLOURS", "WidgetProgress", "make_widget_progress"]
+__all__ = ["STATE_COLOURS", "WidgetMapView", "WidgetProgress", "make_widget_progress"]
 
 #: Seconds between two renders by the timer thread: at most this many updates a second per widget.
 TICK_SECONDS = 0.5
@@ -64,6 +76,7 @@ _BAR_STYLES = {
 }
 _STATE_WORDS = {"interrupted": "interrupted (checkpoint saved)"}
 _BANNERS = ("Resumed ", "Replayed ")  # run.py's info banners, shown by the widget as its resume row
+SHOWN_RUNNING = 8  # rows of running shards in a map's panel; the rest are counted
 
 
 def make_widget_progress(quiet: bool = False) -> ProgressModel:
@@ -73,17 +86,9 @@ def make_widget_progress(quiet: bool = False) -> ProgressModel:
     IPython, a plain script): the text view, which with ``quiet`` prints only warnings and the final
     summary line.
     """
-    if quiet or not _in_kernel():
+    if quiet or not in_kernel():
         return TextProgress(quiet=quiet)
     return WidgetProgress()
-
-
-def _in_kernel() -> bool:
-    ipython = sys.modules.get("IPython")
-    if ipython is None:
-        return False
-    shell = ipython.get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None
 
 
 class _Panel(widgets.VBox):
@@ -131,10 +136,8 @@ class WidgetProgress(ProgressModel):
         super().run_started(info)
         self._build(info)
         self._render()
-        display = self._display
-        if display is None:
-            from IPython.display import display
-        self._handle = display(self.panel, display_id=True)
+        show = self._display if self._display is not None else _ipython_display()
+        self._handle = show(self.panel, display_id=True)
         if not info.replayed:
             self._timer = threading.Thread(target=self._run_timer, name="resumable-progress", daemon=True)
             self._timer.start()
@@ -210,7 +213,7 @@ def _span(cls: str, text: str, title: str = "") -> str:
     return f'<span class="{cls}"{attr}>{html.escape(text)}</span>'
 
 
-def _count_html(snap: Snapshot) -> str:
+def _count_html(snap: RunSnapshot) -> str:
     if snap.total is not None:
         pct = f"{snap.fraction:.0%}" if snap.fraction is not None else ""
         text = f"{pct} · {format_count(snap.position)} / {format_count(snap.total)}"
@@ -219,7 +222,7 @@ def _count_html(snap: Snapshot) -> str:
     return f'<span class="rm-position" style="margin-left:8px">{html.escape(text)}</span>'
 
 
-def _details_html(snap: Snapshot) -> str:
+def _details_html(snap: RunSnapshot) -> str:
     rows = []
     if snap.ended:
         rows.append(f"<b>{_span('rm-summary', summary_line(snap))}</b>")
@@ -247,7 +250,7 @@ def _details_html(snap: Snapshot) -> str:
     return f'<div class="rm-details-body" style="{style}">{body}</div>'
 
 
-def _checkpoint_html(snap: Snapshot) -> str:
+def _checkpoint_html(snap: RunSnapshot) -> str:
     last: CheckpointStats | None = snap.last_checkpoint
     overhead = "overhead " + _span("rm-overhead", f"{snap.overhead:.1%}")
     if last is None:
@@ -285,3 +288,90 @@ def _checkpoint_html(snap: Snapshot) -> str:
     if snap.failed_checkpoints:
         parts.append(_span("rm-failed", f"{snap.failed_checkpoints} failed"))
     return " · ".join(parts)
+
+
+# -- a sharded map or sweep ----------------------------------------------------------------------
+
+
+class WidgetMapView(NullMapView):
+    """An ipywidgets panel: state, a bar of items (or runs) done, and a row per running shard."""
+
+    def __init__(self, model: MapSource, display: Callable[..., Any] | None = None) -> None:
+        self.model = model
+        self._display = display
+        self.state_label = widgets.HTML()
+        self.bar = widgets.IntProgress(min=0, max=1, value=0)
+        self.bar.layout.width = "320px"
+        self.count_label = widgets.HTML()
+        self.details = widgets.HTML()
+        header = widgets.HBox([self.state_label, self.bar, self.count_label])
+        header.layout.align_items = "center"
+        self.panel = _Panel(model.line, [header, self.details])
+        self.panel.add_class("resumable-map-progress")
+        self._handle: Any = None
+
+    def start(self) -> None:
+        self.update()
+        show = self._display if self._display is not None else _ipython_display()
+        self._handle = show(self.panel, display_id=True)
+
+    def update(self) -> None:
+        snap = self.model.snapshot()
+        colour = STATE_COLOURS.get(snap.state, "#757575")
+        self.state_label.value = (
+            f'<span style="background:{colour};color:#fff;padding:1px 8px;border-radius:3px;'
+            f'font-weight:600">{html.escape(snap.state)}</span>'
+        )
+        n = len(snap.runs)
+        if snap.items_total is not None:
+            self.bar.max, self.bar.value = (
+                max(snap.items_total, 1),
+                min(snap.items_done, max(snap.items_total, 1)),
+            )
+        else:
+            self.bar.max, self.bar.value = max(n, 1), snap.done
+        self.bar.bar_style = _BAR_STYLES.get(snap.state, "")
+        count = f"{map_items_text(snap)} · {snap.done}/{n} {snap.noun(n)} done"
+        self.count_label.value = f'<span style="margin-left:8px">{html.escape(count)}</span>'
+        self.details.value = _map_details_html(snap)
+
+    def close(self) -> None:
+        self.update()
+        if self._handle is not None:
+            # Re-sent so that text/plain is the summary (nbclient, nbval).
+            with contextlib.suppress(Exception):
+                self._handle.update(self.panel)
+
+
+def _map_details_html(snap: MapSnapshot) -> str:
+    rows = []
+    if snap.state != "running":
+        rows.append(f"<b>{html.escape(map_summary_line(snap))}</b>")
+    else:
+        speed = [format_rate(snap.rate)]
+        if snap.eta is not None:
+            speed.append(f"ETA {format_duration(snap.eta, whole=True)}")
+        speed.append(f"elapsed {format_duration(snap.elapsed, whole=True)}")
+        waiting = sum(r.state == "waiting" for r in snap.runs)
+        speed.append(f"{len(snap.running)} running, {waiting} waiting")
+        rows.append(html.escape(" · ".join(speed)))
+        for run in snap.running[:SHOWN_RUNNING]:
+            where = f"{run.items:,}" if run.items is not None else "?"
+            text = f"{run.name}: {run.position:,}/{where} · {run_checkpoint_age(run, snap.now_wall)}"
+            if run.pid is not None:
+                text += f" · pid {run.pid} on {run.host}"
+            rows.append(f'<span class="rm-map-run">{html.escape(text)}</span>')
+        if len(snap.running) > SHOWN_RUNNING:
+            rows.append(html.escape(f"... and {len(snap.running) - SHOWN_RUNNING} more running"))
+    for level, text in snap.messages:
+        colour = "#ef6c00" if level != "info" else "inherit"
+        rows.append(f'<span style="color:{colour}">{html.escape(text)}</span>')
+    style = "color:var(--jp-ui-font-color1, #212121);line-height:1.5;font-size:var(--jp-ui-font-size1, 13px)"
+    return f'<div style="{style}">' + "<br>".join(rows) + "</div>"
+
+
+def _ipython_display() -> Callable[..., Any]:
+    """IPython's ``display``, imported only when a widget is shown in a kernel."""
+    from IPython.display import display
+
+    return display

@@ -31,7 +31,7 @@ from resumable_magic.storage.paths import RemotePath, Where
 from resumable_magic.store.layout import MANIFEST_RE, Checkpoint
 from resumable_magic.store.runstore import RunStore
 
-__all__ = ["STATES", "RunInfo", "find_run", "list_runs", "run_folders"]
+__all__ = ["STATES", "RunInfo", "find_run", "list_runs", "names_under", "run_folders"]
 
 STATES = ("finished", "running", "interrupted", "failed", "crashed")
 
@@ -106,6 +106,12 @@ def find_run(directory: str | os.PathLike[str] | RemotePath, key: str) -> RunInf
     if not _holds_run(store.backend.list("")):
         return None
     return _inspect(root, store.path, store.backend.bytes_in(""))
+
+
+def names_under(directory: str | os.PathLike[str] | RemotePath, key: str) -> list[str]:
+    """The names directly under the folder of ``key`` (a map's shard folders among them); ``[]``
+    when there is no such folder."""
+    return RunStore(directory, key).backend.list("")
 
 
 # -- internals -------------------------------------------------------------------------------------
