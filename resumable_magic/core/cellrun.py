@@ -40,7 +40,7 @@ def run_cell(
     *,
     key: str,
     dir: str | os.PathLike[str] | None = None,
-    every: str | Every | None = None,
+    every: str | int | Every | None = None,
     fresh: bool = False,
     accept_changes: bool = False,
     progress: ProgressModel | None = None,

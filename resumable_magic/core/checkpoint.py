@@ -1,11 +1,10 @@
-"""Taking a run's checkpoints: capture the state at a boundary, write it here or hand it to a forked
-writer, and account for it (the policy's learning, progress, size warnings).
+"""Taking a run's checkpoints: capture the state, write it here or by a forked writer, account for it.
 
 :class:`Checkpointer` is composed into a :class:`~resumable_magic.core.run.Resumable` as
-``run.checkpoints``: the run decides *when* (it asks :meth:`CheckpointPolicy.due
-<resumable_magic.core.policy.CheckpointPolicy.due>` at a boundary), this object does the taking and
-keeps the accounting the decision reads (:attr:`Checkpointer.last_time`,
-:attr:`Checkpointer.last_position`).
+``run.checkpoints``. The run decides *when*: at a boundary it asks :meth:`CheckpointPolicy.due
+<resumable_magic.core.policy.CheckpointPolicy.due>`, which reads the accounting kept here (the time
+and position of the last checkpoint). This object does the taking, and reports each checkpoint's
+cost to the policy (which learns its adaptive interval from it), to progress, and in size warnings.
 """
 
 from __future__ import annotations

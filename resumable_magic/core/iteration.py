@@ -7,7 +7,7 @@ iteration policy is due). Whether one *is* due, the boundary asks the policy. Th
 through :class:`LoopRun`.
 
 - :func:`chunks`: a ``list``, ``tuple`` or ``range``, consumed through ``islice`` chunks of its own
-  iterator, or a range's sub-ranges (the caller chains them with ``itertools.chain.from_iterable``):
+  iterator, or a range's sub-ranges (:func:`drive` chains them with ``itertools.chain.from_iterable``):
   no Python code runs per item; the iterator's index gives the position. Chunks are sized to ~2 ms
   of iterations.
 - :func:`counted`: iteration numbers for a rewritten ``while`` loop, in ``range`` chunks; the loop

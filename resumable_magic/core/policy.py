@@ -14,8 +14,8 @@ Three policies, from ``--every`` (:func:`parse_every`):
   never wait longer than ``cap`` (the work the user can afford to lose). When the cap forces a higher
   overhead than the budget, the policy says so once (:attr:`over_budget_note`).
 
-The size option (``--max-size``) is parsed here too (:func:`parse_size`): it is a limit of the same
-kind, read from the same line.
+``--max-size``, the other checkpoint option of the magic's line, is parsed here too
+(:func:`parse_size`); it decides no checkpoint, only a warning.
 """
 
 from __future__ import annotations

@@ -42,12 +42,7 @@ from resumable_magic.core.resume import (
     variables_of,
 )
 from resumable_magic.core.wakeup import TICK_SECONDS, Wakeup
-from resumable_magic.errors import (
-    CheckpointWriteError,
-    OwnershipLostError,
-    ResumableError,
-    RunInterrupted,
-)
+from resumable_magic.errors import CheckpointWriteError, OwnershipLostError, ResumableError, RunInterrupted
 from resumable_magic.progress.model import ProgressModel, ResumeInfo, StartInfo, TextProgress
 from resumable_magic.state.fingerprint import fingerprint_inputs
 from resumable_magic.store.runstore import RunStore
