@@ -68,8 +68,8 @@ def one_run(mode: str, size_mb: int, seconds: float, every: str, rewrite: bool) 
             "stall_min": min(stalls, default=None),
             "stall_max": max(stalls, default=None),
             "stalls": stalls,
-            "writer_seconds": [w["seconds"] for w in run.background_writes],
-            "copied_bytes": [w["private"] for w in run.background_writes],
+            "writer_seconds": [w["seconds"] for w in run.checkpoints.background_writes],
+            "copied_bytes": [w["private"] for w in run.checkpoints.background_writes],
         }
 
 

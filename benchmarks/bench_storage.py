@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
 
         def settle(name: str, _result: object) -> None:
             if name.startswith("background"):  # the forked writer's upload: not the loop's time
-                runs["forked"]._collect_snapshot(wait=True)
+                runs["forked"].checkpoints.collect(wait=True)
 
         try:
             results = measure(
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
                 args.rounds,
                 after=settle,
             )
-            forked_writes = len(runs["forked"].background_writes)
+            forked_writes = len(runs["forked"].checkpoints.background_writes)
         finally:
             for resumable in runs.values():
                 resumable.close()

@@ -135,8 +135,9 @@ class CheckpointFormatError(ResumableError):
 class NoCheckpointError(ResumableError, FileNotFoundError):
     """No readable checkpoint exists for a key."""
 
-    def __init__(self, key: str, directory: Path | str, detail: str = "") -> None:
-        self.key, self.directory = key, Path(directory)
+    def __init__(self, key: str, directory: object, detail: str = "") -> None:
+        # A local folder as a Path; a URL's location (storage's RemotePath) as it is.
+        self.key, self.directory = key, Path(directory) if isinstance(directory, str) else directory
         extra = f" {detail}" if detail else ""
         super().__init__(f"No readable checkpoint for key {key!r} in {str(directory)!r}.{extra}")
 

@@ -348,7 +348,7 @@ def test_large_states_in_memory_urls_are_written_synchronously_and_say_so(memory
     with Resumable(KEY, state, dir=memory_dir, every="1it", progress=progress) as run:
         for i in run.iterate(range(3)):
             state["a"][0] = i
-    assert run.background_writes == []
+    assert run.checkpoints.background_writes == []
     assert {s.mode for s in progress.stats} == {"sync"}
     assert "written synchronously: the checkpoint folder is memory://" in progress.text("info")
     assert load(KEY, dir=memory_dir)["a"][0] == 2
@@ -384,8 +384,8 @@ def test_large_states_on_s3_are_written_by_a_forked_writer_with_its_own_connecti
             state["n"] = i
             if i == 1:
                 state["a"] = other  # uploaded by the writer forked at position 2, and only by it
-            if run._snapshot is not None:
-                run._snapshot.wait(120)  # each background writer finishes before the next boundary
+            if run.checkpoints.writer is not None:
+                run.checkpoints.writer.wait(120)  # each background writer finishes before the next boundary
     stats = progress.stats
     uploads = [k for k, st in enumerate(stats) if st.written >= 64 * 2**20]
     assert uploads[0] == 0 and stats[0].mode == "sync"  # the first checkpoint: the array
@@ -394,7 +394,7 @@ def test_large_states_on_s3_are_written_by_a_forked_writer_with_its_own_connecti
     later = stats[uploads[1] + 1 :]
     assert later and later[-1].mode == "sync" and all(st.written < 2**20 for st in later), stats
     assert all(st.seconds < stats[0].seconds for st in stats if st.mode == "background")  # the loop's stall
-    assert len(run.background_writes) == sum(st.mode == "background" for st in stats) >= 2
+    assert len(run.checkpoints.background_writes) == sum(st.mode == "background" for st in stats) >= 2
     assert "written by a background process" in progress.text("info")
     loaded = load(KEY, dir=ckpt)
     assert loaded["n"] == 3 and np.array_equal(loaded["a"], other)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import types
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from resumable_magic.core.cellsplit import (
@@ -30,17 +30,17 @@ from resumable_magic.core.policy import Every
 from resumable_magic.core.run import Resumable
 from resumable_magic.errors import OptionError
 from resumable_magic.progress.model import ProgressModel
-from resumable_magic.store.runstore import digest
+from resumable_magic.storage.blobs import digest
 
 
 def run_cell(
     source: str,
     names: Sequence[str],
-    namespace: MutableMapping[str, Any],
+    namespace: dict[str, Any],
     *,
     key: str,
     dir: str | os.PathLike[str] | None = None,
-    every: str | Every | None = None,
+    every: str | int | Every | None = None,
     fresh: bool = False,
     accept_changes: bool = False,
     progress: ProgressModel | None = None,
@@ -131,7 +131,7 @@ def run_cell(
 _SAFE_TEXT = re.compile(r"^[A-Za-z0-9._+-]{1,40}$")
 
 
-def params_key(params: Sequence[str], namespace: MutableMapping[str, Any]) -> str:
+def params_key(params: Sequence[str], namespace: dict[str, Any]) -> str:
     """``lr=0.01,seed=3``: each parameter's value as short safe text, or ``h<hash>`` when it has none."""
     parts = []
     for name in params:

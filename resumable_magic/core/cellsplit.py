@@ -1,5 +1,7 @@
-"""Pure ``ast`` work on a resumable cell: split it into setup / loop / teardown, rewrite the loop so each
-iteration boundary reaches the run, and find what the cell reads and changes outside its named state.
+"""Pure ``ast`` work on a resumable cell: split it, rewrite its loop, find what it reads and changes.
+
+The cell splits into setup / loop / teardown; the loop is rewritten so that each iteration boundary
+reaches the run; and the cell's free names and the changes it makes outside its named state are found.
 """
 
 from __future__ import annotations
@@ -155,7 +157,7 @@ def compile_loop(plan: CellPlan, filename: str) -> CodeType:
 def split_last_expression(statements: list[ast.stmt]) -> tuple[list[ast.stmt], ast.Expr | None]:
     """Teardown minus a final bare expression, and that expression (to display as a cell's value)."""
     if statements and isinstance(statements[-1], ast.Expr):
-        return statements[:-1], statements[-1]  # type: ignore[return-value]
+        return statements[:-1], statements[-1]
     return statements, None
 
 

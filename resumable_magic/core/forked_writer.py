@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FORK_MIN_BYTES", "MEMORY_MARGIN", "Snapshot", "available_memory", "fork_refusal"]
+__all__ = ["FORK_MIN_BYTES", "MEMORY_MARGIN", "ForkedWriter", "available_memory", "fork_refusal"]
 
 FORK_MIN_BYTES = 64 * 2**20
 MEMORY_MARGIN = 512 * 2**20
@@ -79,7 +79,7 @@ def _die_with(parent: int) -> None:
 
 
 @dataclass
-class Snapshot:
+class ForkedWriter:
     """One forked writer in flight: :meth:`start` it, then :meth:`poll` or :meth:`wait` for its result."""
 
     pid: int
@@ -91,7 +91,7 @@ class Snapshot:
     _status: int | None = None
 
     @classmethod
-    def start(cls, work: Callable[[], dict[str, Any]], position: int) -> Snapshot:
+    def start(cls, work: Callable[[], dict[str, Any]], position: int) -> ForkedWriter:
         """Fork; the child runs ``work()`` and reports its JSON-able result (or its error) through a pipe."""
         read_fd, write_fd = os.pipe()
         parent = os.getpid()

@@ -15,6 +15,7 @@ from resumable_magic.errors import StateVariableError
 from resumable_magic.progress.text import format_duration, format_size
 
 __all__ = [
+    "INTERRUPT_TEXT",
     "accepted_changes_text",
     "code_change_text",
     "disk_space_text",
@@ -22,6 +23,7 @@ __all__ = [
     "replay_text",
     "resume_text",
     "size_limit_text",
+    "stopped_text",
     "undefined_name_error",
     "when",
 ]
@@ -108,6 +110,18 @@ def resume_text(
             f"of work)."
         )
     return text + " Work done after that checkpoint, if any, is redone."
+
+
+INTERRUPT_TEXT = (
+    "Interrupt received: finishing this iteration, then saving a checkpoint (interrupt again to stop now)."
+)
+
+
+def stopped_text(signal_name: str, position: int) -> str:
+    return (
+        f"Stopped by {signal_name} after iteration {position:,}; checkpoint saved. "
+        f"Run the cell again to resume."
+    )
 
 
 def replay_text(key: str, finished_at: float, position: int, restored: Sequence[str]) -> str:

@@ -1,13 +1,21 @@
-"""When is a checkpoint due? Pure logic: no I/O, no threads; the run asks and reports.
+"""When is a checkpoint due? The one place that decides, in pure logic: no I/O, no threads, no clock.
 
-Three policies:
+A run asks :meth:`CheckpointPolicy.due` at each boundary its loop driver stops at, with the time and
+position of now and of its last checkpoint, and reports each checkpoint's cost back
+(:meth:`CheckpointPolicy.checkpoint_done`), from which the adaptive policy learns its interval.
+Three policies, from ``--every`` (:func:`parse_every`):
 
-- ``every="500it"``: after every 500 completed iterations.
+- ``every="500it"``: after every 500 completed iterations. The loop drivers stop at exactly that
+  position (:meth:`CheckpointPolicy.next_due_at`: one int compare per item).
 - ``every="30s"`` / ``"5m"`` / ``"2h"``: when that much time has passed since the last checkpoint.
+  The run's timer thread brings the loop to a boundary a few times a second to ask.
 - adaptive (no ``every``): aim for checkpoint time <= ``budget`` (2%) of loop time: after a checkpoint
   that blocked the loop for ``c`` seconds, wait ``c / budget`` (at least ``floor``) before the next;
   never wait longer than ``cap`` (the work the user can afford to lose). When the cap forces a higher
   overhead than the budget, the policy says so once (:attr:`over_budget_note`).
+
+``--max-size``, the other checkpoint option of the magic's line, is parsed here too
+(:func:`parse_size`); it decides no checkpoint, only a warning.
 """
 
 from __future__ import annotations
@@ -104,6 +112,23 @@ class CheckpointPolicy:
     def interval(self) -> float | None:
         """Seconds from one checkpoint to the next (None: iteration-based)."""
         return self._interval
+
+    def due(self, now: float, position: int, last_time: float, last_position: int) -> bool:
+        """Is a checkpoint due now? ``now`` and ``last_time`` are monotonic seconds (``last_time``: when
+        the last checkpoint was taken or tried), ``position`` and ``last_position`` completed iterations
+        (``last_position``: where the newest checkpoint was committed)."""
+        interval, iterations = self._interval, self.iterations
+        return (interval is not None and now - last_time >= interval) or (
+            iterations is not None and position - last_position >= iterations
+        )
+
+    def next_due_at(self, last_position: int) -> int:
+        """The position at which an iteration policy is next due, after a checkpoint committed at
+        ``last_position``: the loop drivers compare their position with it, item by item, and stop at
+        the boundary exactly there. -1 (never reached) for a time policy, whose boundaries come from
+        the run's timer thread."""
+        iterations = self.iterations
+        return last_position + iterations if iterations is not None else -1
 
     def checkpoint_done(self, blocked_seconds: float) -> None:
         """Learn from a checkpoint that blocked the loop for ``blocked_seconds``."""

@@ -387,12 +387,3 @@ class MapSource(Protocol):
     def now(self) -> float: ...  # a monotonic clock
     def snapshot(self) -> MapSnapshot: ...
     def line(self) -> str: ...  # the progress line while running, the summary once ended
-
-
-def __getattr__(name: str) -> Any:
-    # TextProgress is a view and lives in textview.py; core/run.py still imports it from here.
-    if name == "TextProgress":
-        from resumable_magic.progress.textview import TextProgress
-
-        return TextProgress
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -156,7 +156,7 @@ def encode_state(state: Mapping[str, Any], *, out_of_band_min: int = OUT_OF_BAND
     return EncodedState(stream, buffers)
 
 
-def decode_state(stream: bytes | memoryview, buffers: Iterable[Any] = ()) -> dict[str, Any]:
+def decode_state(stream: bytes | bytearray | memoryview, buffers: Iterable[Any] = ()) -> dict[str, Any]:
     """Unpickle what :func:`encode_state` wrote, given its buffers in order.
 
     Pass writable buffers (a ``bytearray``, an anonymous ``mmap`` filled with ``readinto``) so that the

@@ -1,0 +1,225 @@
+"""What a run starts from: the newest good checkpoint, checked against this run, and read back.
+
+:func:`find_start` reads a run's store on opening and decides: start from the beginning, resume from
+a checkpoint, or replay a finished run; it refuses (raises) when resuming would be wrong, before
+anything runs. :func:`skip_completed` advances the loop's iterator past the completed iterations and
+checks the item there against the checkpoint's; :func:`put_back` restores the variables and RNG
+states. :func:`load` and :func:`variables_of` read a run's variables back, for scripts and other
+notebooks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from resumable_magic.core import messages
+from resumable_magic.core.checkpoint import RNG_KEY
+from resumable_magic.core.iteration import MISSING
+from resumable_magic.errors import (
+    CheckpointFormatError,
+    InputsChangedError,
+    IterationMismatchError,
+    NoCheckpointError,
+    ResumableError,
+    UntrustedCheckpointError,
+    ValuesDroppedError,
+)
+from resumable_magic.progress.model import ProgressModel, ResumeInfo
+from resumable_magic.state import rng
+from resumable_magic.state.fingerprint import fingerprint_item
+from resumable_magic.state.serialize import decode_state
+from resumable_magic.storage.paths import is_url
+from resumable_magic.store.layout import Checkpoint, ReadResult
+from resumable_magic.store.runstore import RunStore
+
+__all__ = [
+    "Start",
+    "default_directory",
+    "find_start",
+    "load",
+    "put_back",
+    "resume_info",
+    "skip_completed",
+    "variables_of",
+]
+
+
+def default_directory() -> Path | str:
+    """``$RESUMABLE_DIR``, else ``.resumable`` in the current working directory. A URL
+    (``s3://bucket/prefix``) is returned as it is: ``Path`` would fold its ``//``."""
+
+    value = os.environ.get("RESUMABLE_DIR") or ".resumable"
+    return value if is_url(value) else Path(value)
+
+
+@dataclass
+class Start:
+    """Where a run starts, as :func:`find_start` decided."""
+
+    checkpoint: Checkpoint | None = None  # what to resume (or replay) from; None: the beginning
+    # The newest good generation found, also under --fresh: kept until the run's first commit lands.
+    generation: int | None = None
+    done: dict[str, Any] | None = None  # the DONE record when the run had finished
+    history: list[dict[str, Any]] = field(default_factory=list)  # the checkpoint's events
+    previous_end: str | None = None  # how the attempt before this one ended (from outcome.json)
+    replayed: bool = False  # a finished run: restore its final values, do not run the loop
+
+
+def find_start(
+    store: RunStore,
+    key: str,
+    progress: ProgressModel,
+    *,
+    names: Sequence[str],
+    inputs: Mapping[str, Any],
+    code: str | None,
+    fresh: bool = False,
+    accept_changes: bool = False,
+) -> Start:
+    """Read the newest good checkpoint of ``store`` and decide where the run starts; change nothing.
+
+    Damage found on the way is reported to ``progress`` (an older checkpoint is used). Raises when
+    resuming would be wrong: the inputs changed (unless ``accept_changes``), the only checkpoints are
+    untrusted, another version's format, or the final values were deleted.
+    """
+    try:
+        result = store.read_latest()
+    except CheckpointFormatError:
+        if not fresh:
+            raise
+        result = ReadResult(None, [])  # --fresh: another version's checkpoint is not read at all
+    untrusted = [p for p in result.problems if isinstance(p, UntrustedCheckpointError)]
+    if untrusted and result.checkpoint is None and not fresh:
+        # Not "start over": that would delete what a lost key makes unreadable. Name the newest
+        # manifest (the checkpoint), else what there is (DONE, a folder).
+        raise next((p for p in untrusted if p.path.name.startswith("manifest.")), untrusted[0])
+    for problem in result.problems:
+        progress.message("warning", f"{problem} It is ignored; an older checkpoint is used if there is one.")
+    checkpoint = result.checkpoint
+    if result.problems and checkpoint is None:
+        progress.message(
+            "warning", "No readable checkpoint is left for this run, so it starts from the beginning."
+        )
+    start = Start(generation=checkpoint.generation if checkpoint else None)
+    if checkpoint is None and not fresh:
+        dropped = store.dropped_values()
+        if dropped is not None:
+            raise ValuesDroppedError(key, messages.when(float(dropped.get("finished") or 0)))
+    if checkpoint is None or fresh:
+        return start
+    done = store.finished(checkpoint.generation)
+    _check_inputs(checkpoint, inputs, progress, accept_changes=accept_changes, finished=done is not None)
+    old_code = checkpoint.manifest.get("code")
+    if code is not None and old_code is not None and old_code != code:
+        progress.message(
+            "warning", messages.code_change_text(old_code, code, checkpoint.created, done is not None)
+        )
+    start.checkpoint, start.done = checkpoint, done
+    start.history = list(checkpoint.manifest.get("history") or [])
+    outcome = store.read_outcome() or {}
+    if outcome.get("state") in ("interrupted", "failed"):
+        error = outcome.get("error")
+        start.previous_end = f"{outcome['state']}: {error}" if error else str(outcome["state"])
+    start.replayed = done is not None and not accept_changes
+    missing = [n for n in names if n not in checkpoint.manifest.get("names", [])]
+    if missing:
+        progress.message(
+            "warning",
+            f"{_quote(missing)} {'is' if len(missing) == 1 else 'are'} not in the checkpoint (named "
+            f"since it was written) and keep{'s' if len(missing) == 1 else ''} the value setup gave.",
+        )
+    return start
+
+
+def _check_inputs(
+    checkpoint: Checkpoint,
+    inputs: Mapping[str, Any],
+    progress: ProgressModel,
+    *,
+    accept_changes: bool,
+    finished: bool,
+) -> None:
+    changes = messages.input_changes(checkpoint.manifest.get("inputs") or {}, inputs)
+    if changes and not accept_changes:
+        raise InputsChangedError(changes, finished)
+    if changes:
+        progress.message("info", messages.accepted_changes_text(changes))
+
+
+def skip_completed(
+    iterable: Iterable[Any], iterator: Iterator[Any], skip: int, expected: str | None, header: str
+) -> Iterator[Any]:
+    """``iterator`` (over ``iterable``) advanced past ``skip`` completed iterations, the item at the
+    checkpoint's position checked against the fingerprint ``expected`` (None: not recorded)."""
+    last: Any = MISSING
+    if isinstance(iterable, (list, tuple, range)) and hasattr(iterator, "__setstate__"):
+        if len(iterable) >= skip:
+            last = iterable[skip - 1]
+            iterator.__setstate__(skip)
+    else:
+        deque(islice(iterator, skip - 1), maxlen=0)
+        last = next(iterator, MISSING)
+    if last is MISSING or (expected is not None and fingerprint_item(last) != expected):
+        raise IterationMismatchError(skip, header)
+    return iterator
+
+
+def resume_info(checkpoint: Checkpoint, previous_lease: Mapping[str, Any] | None) -> ResumeInfo:
+    """Where a resumed run picks up, and how much work the attempt that ended had done past it (from
+    its lease's last heartbeat: how far it got, and when)."""
+    beat = previous_lease or {}
+    reached, seen = beat.get("position"), beat.get("heartbeat")
+    redone = redone_seconds = None
+    if isinstance(reached, int) and isinstance(seen, (int, float)) and reached > checkpoint.position:
+        redone, redone_seconds = reached - checkpoint.position, max(0.0, seen - checkpoint.created)
+    return ResumeInfo(checkpoint.position, checkpoint.created, checkpoint.generation, redone, redone_seconds)
+
+
+def put_back(
+    checkpoint: Checkpoint, key: str, namespace: MutableMapping[str, Any], names: Sequence[str]
+) -> None:
+    """Put the checkpoint's variables (those of ``names`` it holds) and its RNG states in place; on
+    failure to load, change nothing."""
+    try:
+        payload = decode_state(checkpoint.state, checkpoint.buffers)
+    except Exception as exc:
+        raise ResumableError(
+            f"The checkpoint of {key!r} (generation {checkpoint.generation}, iteration "
+            f"{checkpoint.position:,}) verified but could not be loaded: {type(exc).__name__}: {exc}. "
+            f"Nothing was changed. Make what it needs importable, or start over with --fresh."
+        ) from None
+    rng_states = payload.pop(RNG_KEY, {})
+    namespace.update({n: payload[n] for n in names if n in payload})
+    rng.restore(rng_states)
+
+
+def _quote(names: Iterable[str]) -> str:
+    return ", ".join(repr(n) for n in names)
+
+
+def variables_of(checkpoint: Checkpoint) -> dict[str, Any]:
+    """The named variables a verified checkpoint holds (its RNG states left out)."""
+    payload = decode_state(checkpoint.state, checkpoint.buffers)
+    payload.pop(RNG_KEY, None)
+    return payload
+
+
+def load(key: str, dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The variables saved by the newest good checkpoint of run ``key``, as a dict.
+
+    For scripts and other notebooks: ``load("train", dir=".resumable")["model"]``.
+    """
+    store = RunStore(dir if dir is not None else default_directory(), key)
+    result = store.read_latest()
+    if result.checkpoint is None:
+        detail = " ".join(str(p) for p in result.problems)
+        if store.dropped_values() is not None:
+            detail = "The run finished, but `resumable gc --final-values` deleted its final values."
+        raise NoCheckpointError(key, store.directory, detail)
+    return variables_of(result.checkpoint)
