@@ -150,3 +150,28 @@ def test_a_killed_worker_takes_its_writer_along_and_the_next_run_resumes(worker,
     assert again.returncode == 0, out
     assert f"from the checkpoint at iteration {resumed_from:,}" in out
     assert check_consistent(tmp_path / "ck") == N
+
+
+def test_an_iteration_policy_keeps_checkpointing_while_background_writers_come_and_go(tmp_path, monkeypatch):
+    """With ``every="1it"`` each boundary is due. While a forked writer is in flight its checkpoint
+    is not committed, so the position the policy names next can already be behind the loop: the run
+    must look again at the next iteration, not wait for the timer (switched off here, so that only
+    the policy drives the boundaries)."""
+    from resumable_magic import Resumable
+    from resumable_magic.core import forked_writer, wakeup
+    from resumable_magic.progress.model import ProgressModel
+
+    if forked_writer.fork_refusal(80 * 2**20) is not None:
+        pytest.fail(f"background checkpoints are refused here: {forked_writer.fork_refusal(80 * 2**20)}")
+    monkeypatch.delenv("RESUMABLE_BACKGROUND", raising=False)
+    monkeypatch.setattr(wakeup, "TICK_SECONDS", 3600.0)
+    state = {"arr": np.zeros(10_000_000), "done": 0}  # 80 MB: above the fork threshold
+    with Resumable("one-it", state, dir=tmp_path, every="1it", progress=ProgressModel()) as run:
+        for i in run.iterate(range(6)):
+            state["arr"][i] = i + 1
+            state["done"] += 1
+            if run.checkpoints.writer is not None:
+                run.checkpoints.writer.wait(120)  # each writer has finished before the next boundary
+    # A boundary after each of the 6 iterations: each collects the finished writer and forks the next.
+    assert len(run.checkpoints.background_writes) == 6, run.checkpoints.background_writes
+    assert load("one-it", dir=tmp_path)["done"] == 6

@@ -353,7 +353,11 @@ class Resumable:
             self._next_report = now + TICK_SECONDS
             self.progress.advanced(self.position)
         # A checkpoint committed here (or by a background writer just collected) moves the next one.
-        self.next_at = self.policy.next_due_at(checkpoints.last_position)
+        # While a background writer is in flight its checkpoint is not committed yet, so the position
+        # an iteration policy names may already be behind: look again at the next iteration (the
+        # drivers stop only where the position equals next_at, never past it).
+        next_at = self.policy.next_due_at(checkpoints.last_position)
+        self.next_at = next_at if next_at < 0 or next_at > self.position else self.position + 1
 
     def _take_checkpoint(
         self, item: Any = _MISSING, *, first: bool = False, final: bool = False, sync: bool = False
