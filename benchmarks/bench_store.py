@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import MIB, headline, raw_write, write_json
 
 from resumable_magic import Resumable, load
-from resumable_magic.progress.model import CheckpointStats
+from resumable_magic.progress.snapshots import CheckpointStats
 from resumable_magic.progress.textview import TextProgress
 
 

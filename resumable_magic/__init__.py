@@ -60,10 +60,14 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     # Lazy: `import resumable_magic` and `resumable --help` stay fast; dill loads on first use.
-    if name in ("Resumable", "load"):
-        from .core import run
+    if name == "Resumable":
+        from .core.run import Resumable
 
-        return getattr(run, name)
+        return Resumable
+    if name == "load":
+        from .core.resume import load
+
+        return load
     if name in ("resumable_map", "resumable_sweep"):  # Dask itself is imported only when a map runs
         from .distributed import client
 

@@ -9,11 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from resumable_magic.progress.model import (
-    CheckpointStats,
-    ProgressModel,
-    ResumeInfo,
-    StartInfo,
+from resumable_magic.progress.model import ProgressModel
+from resumable_magic.progress.snapshots import CheckpointStats, ResumeInfo, StartInfo
+from resumable_magic.progress.text import (
     format_clock,
     format_count,
     format_duration,
@@ -338,7 +336,7 @@ def test_summary_replayed(model):
 
 
 def test_resume_text_in_progress(model, clock):
-    from resumable_magic.progress.model import resume_text
+    from resumable_magic.progress.text import resume_text
 
     resumed = ResumeInfo(600, T0, 3, redone_iterations=37, redone_seconds=12.0)
     model.run_started(start(total=1000, start_position=600, resumed=resumed))
@@ -545,7 +543,7 @@ def test_nbclient_stores_the_summary_as_text_plain(tmp_path):
     source = (
         "import sys, time\n"
         f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
-        "from resumable_magic.progress.model import CheckpointStats, StartInfo\n"
+        "from resumable_magic.progress.snapshots import CheckpointStats, StartInfo\n"
         "from resumable_magic.progress.widget import make_widget_progress\n"
         "p = make_widget_progress(quiet=False)\n"
         "p.run_started(StartInfo('k', ('x',), 5, 0, 'every 1it'))\n"

@@ -23,7 +23,8 @@ import random
 import sys
 
 from resumable_magic import Resumable
-from resumable_magic.progress.model import CheckpointStats, ProgressModel, StartInfo
+from resumable_magic.progress.model import ProgressModel
+from resumable_magic.progress.snapshots import CheckpointStats, StartInfo
 
 
 class Reporter(ProgressModel):

@@ -24,7 +24,9 @@ from resumable_magic.errors import (
     OwnershipLostError,
     StateVariableError,
 )
-from resumable_magic.progress.model import CheckpointStats, ProgressModel, format_duration, format_size
+from resumable_magic.progress.model import ProgressModel
+from resumable_magic.progress.snapshots import CheckpointStats
+from resumable_magic.progress.text import format_duration, format_size
 from resumable_magic.state import rng
 from resumable_magic.state.fingerprint import fingerprint_item
 from resumable_magic.state.serialize import encode_state

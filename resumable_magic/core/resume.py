@@ -30,7 +30,8 @@ from resumable_magic.errors import (
     UntrustedCheckpointError,
     ValuesDroppedError,
 )
-from resumable_magic.progress.model import ProgressModel, ResumeInfo
+from resumable_magic.progress.model import ProgressModel
+from resumable_magic.progress.snapshots import ResumeInfo
 from resumable_magic.state import rng
 from resumable_magic.state.fingerprint import fingerprint_item
 from resumable_magic.state.serialize import decode_state

@@ -35,21 +35,19 @@ from resumable_magic.core.resume import (
     Start,
     default_directory,
     find_start,
-    load,
     put_back,
     resume_info,
     skip_completed,
-    variables_of,
 )
 from resumable_magic.core.wakeup import TICK_SECONDS, Wakeup
 from resumable_magic.errors import CheckpointWriteError, OwnershipLostError, ResumableError, RunInterrupted
-from resumable_magic.progress.model import ProgressModel, ResumeInfo, StartInfo
+from resumable_magic.progress.model import ProgressModel
+from resumable_magic.progress.snapshots import ResumeInfo, StartInfo
 from resumable_magic.progress.textview import TextProgress
 from resumable_magic.state.fingerprint import fingerprint_inputs
 from resumable_magic.store.runstore import RunStore
 
-# load, variables_of and default_directory live in .resume; they are imported from here too.
-__all__ = ["Resumable", "default_directory", "load", "variables_of"]
+__all__ = ["Resumable"]
 
 _HISTORY_LIMIT = 200  # events kept in the metadata: the first one and the newest ones
 _MISSING = iteration.MISSING  # "no item": a checkpoint not taken at a for-loop boundary

@@ -123,7 +123,7 @@ def map_directory(dir: str | os.PathLike[str] | None) -> Where:
     """Absolute, so that workers in other folders (or on other machines, on a shared file system
     mounted at the same path) find it; an fsspec URL (``s3://bucket/prefix``) as it is, which every
     worker reaches the same way."""
-    from resumable_magic.core.run import default_directory
+    from resumable_magic.core.resume import default_directory
 
     return absolute(location(dir if dir is not None else default_directory()))
 

@@ -23,13 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from resumable_magic.progress.model import (
-    KEEP_MESSAGES,
-    RATE_SAMPLE_SECONDS,
-    RATE_SMOOTHING,
-    MapSnapshot,
-    RunProgress,
-)
+from resumable_magic.progress.model import KEEP_MESSAGES, RATE_SAMPLE_SECONDS, RATE_SMOOTHING
+from resumable_magic.progress.snapshots import MapSnapshot, RunProgress
 from resumable_magic.progress.text import format_count, map_progress_line, map_summary_line
 from resumable_magic.progress.textview import NullMapView, TextMapView, in_kernel
 from resumable_magic.storage.paths import Where

@@ -93,7 +93,7 @@ def _directory(args: argparse.Namespace) -> Any:
 
     if args.dir is not None:
         return location(args.dir)
-    from resumable_magic.core.run import default_directory
+    from resumable_magic.core.resume import default_directory
 
     return location(default_directory())
 
@@ -146,7 +146,7 @@ def _value_size(value: Any) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from resumable_magic.core.run import variables_of
+    from resumable_magic.core.resume import variables_of
     from resumable_magic.store.runstore import RunStore
 
     directory = _directory(args)

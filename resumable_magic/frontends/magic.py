@@ -17,7 +17,7 @@ from traitlets import Bool, Unicode
 
 from resumable_magic.core.cellrun import run_cell
 from resumable_magic.core.cellsplit import split_cell
-from resumable_magic.core.run import default_directory
+from resumable_magic.core.resume import default_directory
 from resumable_magic.errors import CellStructureError
 from resumable_magic.progress.model import ProgressModel
 from resumable_magic.storage.blobs import digest

@@ -61,7 +61,7 @@ class StatusMagics(Magics):
     @line_magic
     def resumable_status(self, line: str = "") -> StatusTable:
         """%resumable_status [DIR]: every run under DIR (default as %%resumable) and its state."""
-        from resumable_magic.core.run import default_directory
+        from resumable_magic.core.resume import default_directory
         from resumable_magic.storage.base import location
 
         directory = location(line.strip() if line.strip() else default_directory())

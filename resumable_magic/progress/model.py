@@ -1,4 +1,4 @@
-"""The progress models: a run's events in, immutable snapshots of a run or of a map out.
+r"""The progress model of a run: its events in, immutable snapshots (``snapshots.py``) out.
 
 The run (``core/run.py``) reports events to a :class:`ProgressModel`; views (the text view in
 ``textview.py``, the ipywidgets view in ``widget.py``) render the model. This module imports neither
@@ -16,12 +16,11 @@ Contract with ``run.py`` (the calls the run makes, in order, all from the loop's
 
 Views read the model from any thread through :meth:`ProgressModel.snapshot`, an immutable
 :class:`RunSnapshot` with every derived number (smoothed rate, ETA, overhead share, time since the
-last checkpoint); :func:`progress_line` and :func:`summary_line` (in ``text.py``, re-exported here)
-turn a snapshot into the text that the text view prints and that the widget uses as its
+last checkpoint); :func:`progress_line` and :func:`summary_line` (in ``text.py``) turn a snapshot into the text that the text view prints and that the widget uses as its
 ``text/plain`` representation.
 
 A sharded map or sweep (``resumable_magic.distributed``) shows one view for all its runs: its poller
-is a :class:`MapSource` of snapshots (:class:`MapSnapshot`), each run in one a :class:`RunProgress`.
+is a ``MapSource`` of ``MapSnapshot``\ s (``snapshots.py``).
 """
 
 from __future__ import annotations
@@ -29,45 +28,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
 
-from resumable_magic.progress.text import (
-    checkpoint_text,
-    format_clock,
-    format_count,
-    format_duration,
-    format_rate,
-    format_size,
-    progress_line,
-    resume_text,
-    summary_line,
+from resumable_magic.progress.snapshots import (
+    OUTCOMES,
+    CheckpointStats,
+    RunSnapshot,
+    StartInfo,
 )
+from resumable_magic.progress.text import progress_line, summary_line
 
-__all__ = [
-    "OUTCOMES",
-    "STATES",
-    "CheckpointStats",
-    "MapSnapshot",
-    "MapSource",
-    "ProgressModel",
-    "ResumeInfo",
-    "RunProgress",
-    "RunSnapshot",
-    "StartInfo",
-    "checkpoint_text",
-    "format_clock",
-    "format_count",
-    "format_duration",
-    "format_rate",
-    "format_size",
-    "progress_line",
-    "resume_text",
-    "summary_line",
-]
-
-OUTCOMES = ("finished", "interrupted", "failed", "replayed")
-STATES = ("starting", "running", "checkpointing", *OUTCOMES)
+__all__ = ["KEEP_MESSAGES", "RATE_SAMPLE_SECONDS", "RATE_SMOOTHING", "ProgressModel"]
 
 #: The rate is an exponential moving average of samples at least this many seconds long ...
 RATE_SAMPLE_SECONDS = 0.5
@@ -75,101 +45,6 @@ RATE_SAMPLE_SECONDS = 0.5
 RATE_SMOOTHING = 0.3
 #: How many messages a model keeps for its views.
 KEEP_MESSAGES = 5
-
-
-@dataclass(frozen=True)
-class ResumeInfo:
-    """Where a resumed run picked up."""
-
-    from_position: int
-    checkpoint_wall_time: float  # time.time() when that checkpoint was written
-    generation: int
-    redone_iterations: int | None = None  # iterations the crashed run had done past the checkpoint, if known
-    redone_seconds: float | None = None  # wall time of that lost work, if known
-
-
-@dataclass(frozen=True)
-class StartInfo:
-    """What the run knows when it starts."""
-
-    key: str
-    names: tuple[str, ...]
-    total: int | None  # iterations in all, when the iterable has a length
-    start_position: int  # iterations already done (restored)
-    policy: str  # human description of the checkpoint policy, e.g. "every 30s"
-    resumed: ResumeInfo | None = None
-    replayed: bool = False  # a finished run's final values were restored; the loop does not run
-    resumes: int | None = (
-        None  # how many times this run has been resumed in all (this one included), if known
-    )
-
-
-@dataclass(frozen=True)
-class CheckpointStats:
-    """One committed checkpoint."""
-
-    generation: int
-    position: int
-    wall_time: float  # time.time() at commit
-    nbytes: int  # size of the checkpointed state
-    seconds: float  # time the loop was blocked by it
-    written: int | None = None  # bytes actually written (less when unchanged data was not rewritten)
-    # How it was written: "sync" (the loop waited) or "background" (a forked writer, snapshot.py).
-    mode: str = "sync"
-
-    def written_note(self) -> str:
-        """``""`` when all of it was written, else ``", 40.0 KiB new"`` / ``", unchanged"``."""
-        if self.written is None or self.written >= self.nbytes:
-            return ""
-        return ", unchanged" if self.written == 0 else f", {format_size(self.written)} new"
-
-
-@dataclass(frozen=True)
-class RunSnapshot:
-    """Everything a view shows, computed at one instant (``now_wall``)."""
-
-    state: str
-    position: int
-    total: int | None
-    start_position: int
-    elapsed: float  # seconds since run_started (frozen at run_ended)
-    rate: float | None  # smoothed iterations per second
-    eta: float | None  # seconds to the end, when the total is known
-    checkpoints: int  # committed in this run
-    checkpoint_seconds: float
-    overhead: float  # checkpoint_seconds / elapsed
-    last_checkpoint: CheckpointStats | None  # newest committed in this run
-    since_checkpoint: float | None  # seconds since it was committed (or since the start when none yet)
-    failed_checkpoints: int
-    info: StartInfo | None
-    detail: str
-    messages: tuple[tuple[str, str], ...]
-    now_wall: float
-
-    @property
-    def done(self) -> int:
-        """Iterations done in this run."""
-        return self.position - self.start_position
-
-    @property
-    def fraction(self) -> float | None:
-        if not self.total:
-            return None
-        return min(max(self.position / self.total, 0.0), 1.0)
-
-    @property
-    def unsaved(self) -> int:
-        """Iterations a crash now would redo."""
-        saved = self.last_checkpoint.position if self.last_checkpoint else self.start_position
-        return max(self.position - saved, 0)
-
-    @property
-    def resumed(self) -> ResumeInfo | None:
-        return self.info.resumed if self.info else None
-
-    @property
-    def ended(self) -> bool:
-        return self.state in OUTCOMES
 
 
 class ProgressModel:
@@ -315,75 +190,3 @@ class ProgressModel:
         """The compact progress line while running, the summary once ended."""
         snap = self.snapshot()
         return summary_line(snap) if snap.ended else progress_line(snap)
-
-
-# -- a sharded map or sweep: one view for all its runs -------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunProgress:
-    """One shard or sweep member as last seen."""
-
-    name: str
-    path: Any  # a local Path or a storage.RemotePath
-    size: int | None  # items (None: a sweep member's own loop, total from its checkpoints)
-    state: str = "waiting"  # waiting, running, done
-    position: int = 0  # reached: the lease's while running, else the last checkpoint's
-    checkpointed: int | None = None  # position of the newest checkpoint
-    checkpoint_wall: float | None = None  # when it was written
-    total: int | None = None  # from the newest checkpoint
-    pid: int | None = None
-    host: str | None = None
-    generation: int | None = None
-
-    @property
-    def items(self) -> int | None:
-        return self.size if self.size is not None else self.total
-
-    def done_items(self) -> int:
-        if self.state == "done":
-            return self.items if self.items is not None else self.position
-        return min(self.position, self.items) if self.items is not None else self.position
-
-
-@dataclass(frozen=True)
-class MapSnapshot:
-    """Everything a view of a map shows, at one instant."""
-
-    key: str
-    what: str  # "shard" or "member"
-    state: str  # running, finished, failed, interrupted
-    runs: tuple[RunProgress, ...]
-    items_total: int | None
-    items_done: int
-    rate: float | None
-    eta: float | None
-    elapsed: float
-    replayed: int
-    resumed: int
-    redone: int  # items redone by resumed runs (as far as known)
-    messages: tuple[tuple[str, str], ...]
-    now_wall: float
-
-    @property
-    def done(self) -> int:
-        return sum(r.state == "done" for r in self.runs)
-
-    @property
-    def running(self) -> tuple[RunProgress, ...]:
-        return tuple(r for r in self.runs if r.state == "running")
-
-    def noun(self, n: int) -> str:
-        word = "shard" if self.what == "shard" else "sweep member"
-        return word if n == 1 else word + "s"
-
-
-class MapSource(Protocol):
-    """What the views of a map read (``distributed.progress.MapProgress`` is one)."""
-
-    started: float  # when the map started, on the clock of now()
-    messages: list[tuple[str, str]]  # every message so far, oldest first
-
-    def now(self) -> float: ...  # a monotonic clock
-    def snapshot(self) -> MapSnapshot: ...
-    def line(self) -> str: ...  # the progress line while running, the summary once ended

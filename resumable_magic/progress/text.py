@@ -10,10 +10,8 @@ re-exports the run's.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from resumable_magic.progress.model import MapSnapshot, RunProgress, RunSnapshot
+from resumable_magic.progress.snapshots import CheckpointStats, MapSnapshot, RunProgress, RunSnapshot
 
 __all__ = [
     "checkpoint_text",
@@ -91,6 +89,13 @@ def format_clock(wall: float, now: float | None = None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", then)
 
 
+def written_note(stats: CheckpointStats) -> str:
+    """``""`` when all of a checkpoint was written, else ``", 40.0 KiB new"`` / ``", unchanged"``."""
+    if stats.written is None or stats.written >= stats.nbytes:
+        return ""
+    return ", unchanged" if stats.written == 0 else f", {format_size(stats.written)} new"
+
+
 def _position_text(snap: RunSnapshot) -> str:
     if snap.total is not None:
         pct = f"{snap.fraction:.0%}" if snap.fraction is not None else "-"
@@ -110,7 +115,7 @@ def checkpoint_text(snap: RunSnapshot) -> str:
         ago = format_duration(snap.since_checkpoint or 0.0, whole=True)
         text = (
             f"last checkpoint {ago} ago ({format_clock(last.wall_time, snap.now_wall)}), "
-            f"{snap.checkpoints} written, {format_size(last.nbytes)}{last.written_note()} in "
+            f"{snap.checkpoints} written, {format_size(last.nbytes)}{written_note(last)} in "
             f"{format_duration(last.seconds)}"
         )
     text += f", overhead {snap.overhead:.1%}"
@@ -175,7 +180,7 @@ def summary_line(snap: RunSnapshot) -> str:
         f"{'' if snap.checkpoints == 1 else 's'}"
     )
     if last is not None:
-        text += f" (last {format_size(last.nbytes)}{last.written_note()})"
+        text += f" (last {format_size(last.nbytes)}{written_note(last)})"
     text += f", overhead {snap.overhead:.1%}"
     resumed = snap.resumed
     if resumed is not None:

@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from resumable_magic.progress.model import CheckpointStats, MapSource, ProgressModel, StartInfo
+from resumable_magic.progress.model import ProgressModel
+from resumable_magic.progress.snapshots import CheckpointStats, MapSource, StartInfo
 from resumable_magic.progress.text import progress_line
 
 __all__ = ["NullMapView", "TextMapView", "TextProgress", "in_kernel"]

@@ -31,14 +31,8 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from resumable_magic.progress.model import (
-    CheckpointStats,
-    MapSnapshot,
-    MapSource,
-    ProgressModel,
-    RunSnapshot,
-    StartInfo,
-)
+from resumable_magic.progress.model import ProgressModel
+from resumable_magic.progress.snapshots import CheckpointStats, MapSnapshot, MapSource, RunSnapshot, StartInfo
 from resumable_magic.progress.text import (
     format_clock,
     format_count,

@@ -6,7 +6,7 @@ import re
 
 DRIVE_MODEL = """\
 import time
-from resumable_magic.progress.model import CheckpointStats, StartInfo
+from resumable_magic.progress.snapshots import CheckpointStats, StartInfo
 from resumable_magic.progress.widget import WidgetProgress
 
 p = WidgetProgress()
