@@ -277,7 +277,7 @@ class ResumableWarning(UserWarning):
 
 class UntrustedCheckpointError(CheckpointCorruptError):
     """A checkpoint file is refused before anything in it is unpickled: someone else owns it or can
-    write it, or its signature does not verify with this user's key (see ``resumable_magic.trust``).
+    write it, or its signature does not verify with this user's key (see ``resumable_magic.trust.keys``).
 
     A subclass of :class:`CheckpointCorruptError`, so readers pass over it the same way (an older
     trusted checkpoint is used; a listing reports it), but with its own message.

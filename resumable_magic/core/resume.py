@@ -15,7 +15,6 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
-from pathlib import Path
 from typing import Any
 
 from resumable_magic.core import messages
@@ -35,8 +34,9 @@ from resumable_magic.progress.snapshots import ResumeInfo
 from resumable_magic.state import rng
 from resumable_magic.state.fingerprint import fingerprint_item
 from resumable_magic.state.serialize import decode_state
-from resumable_magic.storage.paths import is_url
-from resumable_magic.store.layout import Checkpoint, ReadResult
+from resumable_magic.storage.base import location
+from resumable_magic.storage.paths import Where
+from resumable_magic.store.layout import MANIFEST_RE, Checkpoint, ReadResult
 from resumable_magic.store.runstore import RunStore
 
 __all__ = [
@@ -51,12 +51,10 @@ __all__ = [
 ]
 
 
-def default_directory() -> Path | str:
-    """``$RESUMABLE_DIR``, else ``.resumable`` in the current working directory. A URL
-    (``s3://bucket/prefix``) is returned as it is: ``Path`` would fold its ``//``."""
-
-    value = os.environ.get("RESUMABLE_DIR") or ".resumable"
-    return value if is_url(value) else Path(value)
+def default_directory() -> Where:
+    """``$RESUMABLE_DIR`` (a folder, or a URL such as ``s3://bucket/prefix``), else ``.resumable`` in
+    the current working directory."""
+    return location(os.environ.get("RESUMABLE_DIR") or ".resumable")
 
 
 @dataclass
@@ -99,7 +97,7 @@ def find_start(
     if untrusted and result.checkpoint is None and not fresh:
         # Not "start over": that would delete what a lost key makes unreadable. Name the newest
         # manifest (the checkpoint), else what there is (DONE, a folder).
-        raise next((p for p in untrusted if p.path.name.startswith("manifest.")), untrusted[0])
+        raise next((p for p in untrusted if MANIFEST_RE.match(p.path.name)), untrusted[0])
     for problem in result.problems:
         progress.message("warning", f"{problem} It is ignored; an older checkpoint is used if there is one.")
     checkpoint = result.checkpoint

@@ -63,7 +63,7 @@ class CheckpointStats:
     nbytes: int  # size of the checkpointed state
     seconds: float  # time the loop was blocked by it
     written: int | None = None  # bytes actually written (less when unchanged data was not rewritten)
-    # How it was written: "sync" (the loop waited) or "background" (a forked writer, snapshot.py).
+    # How it was written: "sync" (the loop waited) or "background" (a forked writer, core/forked_writer.py).
     mode: str = "sync"
 
 

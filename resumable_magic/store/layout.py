@@ -6,7 +6,7 @@
       objects/<xxh3_128 hex>    pickled state; the name is the checksum
       manifest.<gen>.json       position, fingerprints, metadata, the state blob's digest; self-checksummed
       DONE                      completion record: names the final generation; self-checksummed
-      owner.json, owner.lock    the lease of the process executing the run (see lease.py)
+      owner.json, owner.lock    the lease of the process executing the run (see lease/lease.py)
       outcome.json              how the last run ended when it did not finish (interrupted, failed)
 
 How the files are written and read is :mod:`resumable_magic.store.runstore`'s job.

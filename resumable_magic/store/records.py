@@ -50,7 +50,7 @@ BLOB_HASHES = f"blob_{STRONG_HASH}"  # the manifest field: {blob name: its BLAKE
 
 def seal(record: dict[str, Any], blob_hash: Callable[[str], str] | None = None) -> bytes:
     """JSON with a checksum over its canonical form, so a torn or edited record is detected, and a
-    signature with the user's key (:mod:`.trust`), so a planted or foreign one is refused.
+    signature with the user's key (:mod:`resumable_magic.trust.keys`), so a planted or foreign one is refused.
 
     A manifest records the BLAKE3 of every blob it names (:data:`BLOB_HASHES`), so that the signature
     covers the blobs' content: their xxh3 names detect damage, not forgery (xxh3 collisions are easy

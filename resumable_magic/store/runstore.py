@@ -1,23 +1,12 @@
-"""The on-disk format of one run's checkpoints: content-addressed blobs, numbered manifests, a DONE record.
+"""One run's checkpoints: commit one atomically, read back the newest good one, collect old ones.
 
-::
-
-    <dir>/<key>/
-      objects/<xxh3_128 hex>    pickled state; the name is the checksum
-      manifest.<gen>.json       position, fingerprints, metadata, the state blob's digest; self-checksummed
-      DONE                      completion record: names the final generation; self-checksummed
-      owner.json, owner.lock    the lease of the process executing the run (see lease.py)
-      outcome.json              how the last run ended when it did not finish (interrupted, failed)
-
-A checkpoint exists once its manifest is renamed into place and the directory is fsynced: every file
-is written to a temporary name, flushed, fsynced, then atomically renamed, so a crash at any point
-leaves the previous checkpoint intact. Readers take the newest manifest that verifies (its own
-checksum and its blob's) and fall back to older ones, reporting what was damaged. After a commit,
-only the new generation and the one before it are kept. The store knows bytes and files, not loops.
-
-The files themselves go through a backend (:mod:`.storage`): on a local disk every write is the
-tmp -> fsync -> rename above; on object storage (``s3://``, ``memory://``, :mod:`.objectstore`) each
-file is one PUT, the manifest's create-only, and there are no temporaries, renames or fsyncs.
+The run folder's files are named in :mod:`.layout`. A checkpoint exists once its manifest is in
+place and durable: every file is written whole before it counts (a temporary, fsynced, renamed on
+a disk; one PUT, the manifest's create-only, on an object store), so a crash at any point leaves the
+previous checkpoint intact. Readers take the newest manifest that verifies (its own checksum and
+signature, its blobs' hashes) and fall back to older ones, reporting what was damaged. After a
+commit, only the new generation and the one before it are kept. The store knows the format, not
+loops; the files go through a backend (:mod:`resumable_magic.storage.base`).
 
 Writes that change what readers see (a manifest, DONE, outcome, collection) run inside ``fence``,
 which the run sets to its lease's fence: a writer that lost the run, or that finds a generation newer
@@ -99,7 +88,7 @@ class RunStore:
     """The checkpoints of one run: ``<directory>/<key>/``, on a local disk or an object store.
 
     ``directory`` is a local folder or an fsspec URL (:func:`.storage.location`); the files go
-    through :attr:`backend` (:mod:`.storage`), so this class knows the format, not the medium.
+    through :attr:`backend` (:mod:`resumable_magic.storage.base`), so this class knows the format, not the medium.
     """
 
     def __init__(self, directory: str | os.PathLike[str] | RemotePath, key: str) -> None:
