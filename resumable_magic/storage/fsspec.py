@@ -357,7 +357,12 @@ class FsspecBackend:
                     raise WriteConflict() from None
                 raise
             tag = (out or {}).get("ETag") if isinstance(out, dict) else None
-            return str(tag) if tag else self.get_tagged(name)[1]  # type: ignore[index]
+            if tag:
+                return str(tag)
+            found = self.get_tagged(name)
+            if found is None:  # deleted right after our write: the next conditional write will tell
+                raise WriteConflict()
+            return found[1]
         if self.path.protocol == "memory":
             with _MEMORY_LOCK:
                 try:

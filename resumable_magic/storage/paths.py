@@ -104,7 +104,7 @@ def absolute(where: Where) -> Where:
 def folders_down(top: Where, path: Where) -> list[Where]:
     """The folders below ``top`` down to ``path`` (a nested key's), ``path`` included."""
     try:
-        parts = path.relative_to(top).parts  # type: ignore[arg-type]
+        parts = _relative(path, top).parts
     except ValueError:
         return [path]
     found: list[Where] = []
@@ -113,6 +113,20 @@ def folders_down(top: Where, path: Where) -> list[Where]:
         current = current / part
         found.append(current)
     return found or [path]
+
+
+def _relative(path: Where, top: Where) -> PurePosixPath | Path:
+    """``path`` relative to ``top``; ValueError when it is not below it (or of another kind)."""
+    if isinstance(path, RemotePath):
+        return path.relative_to(top)
+    if isinstance(top, RemotePath):
+        raise ValueError(f"{path} is not under {top}")
+    return path.relative_to(top)
+
+
+def relative_posix(path: Where, top: Where) -> str:
+    """``path`` relative to ``top``, ``/``-separated; ValueError when it is not below it."""
+    return _relative(path, top).as_posix()
 
 
 def run_folder(path: Where) -> Where:

@@ -27,7 +27,7 @@ from typing import Any
 from resumable_magic.errors import ResumableError
 from resumable_magic.lease.lease import owner_state
 from resumable_magic.storage.base import location, open_backend
-from resumable_magic.storage.paths import RemotePath, Where
+from resumable_magic.storage.paths import RemotePath, Where, relative_posix
 from resumable_magic.store.layout import MANIFEST_RE, Checkpoint
 from resumable_magic.store.runstore import RunStore
 
@@ -154,7 +154,7 @@ def _key_of(root: Where, run_dir: Where, manifest: dict[str, Any]) -> str:
     if isinstance(key, str) and key:
         return key
     try:
-        return run_dir.relative_to(root).as_posix()  # type: ignore[arg-type]
+        return relative_posix(run_dir, root)
     except ValueError:
         return run_dir.name
 

@@ -198,9 +198,13 @@ class RunStore:
         size = memoryview(data).nbytes
         if known is None and size < MMAP_MIN:
             known = strong_hash(data)  # small: faster than starting a thread
-        alongside = Alongside(data) if known is None else None
-        self.backend.put_blob(name, data, alongside)
-        remember_strong(name, known or alongside.join())  # type: ignore[union-attr]
+        if known is None:
+            alongside = Alongside(data)
+            self.backend.put_blob(name, data, alongside)
+            known = alongside.join()
+        else:
+            self.backend.put_blob(name, data)
+        remember_strong(name, known)
         return name, size
 
     def commit(self, manifest: dict[str, Any], keep: int | None = None) -> int:
