@@ -19,7 +19,7 @@ from IPython.testing import globalipapp
 
 from resumable_magic import load
 from resumable_magic.core.cellrun import run_cell
-from resumable_magic.errors import ResumableError
+from resumable_magic.errors import CellStructureError, ResumableError
 from resumable_magic.frontends.magic import derive_key
 from resumable_magic.progress.textview import TextProgress
 
@@ -316,6 +316,38 @@ def test_all_checkpoints_damaged_starts_fresh_and_says_so(runner):
     outcome = runner("total seen", LOOP, "--every 2it --accept-changes")
     assert outcome.error is None and "No readable checkpoint is left" in outcome.out
     assert runner.ns["total"] == sum(range(8))
+
+
+@pytest.mark.parametrize(
+    ("statement", "said"),
+    [
+        ("return total", "'return' outside function"),
+        ("yield i", "'yield' outside function"),
+        ("nonlocal other", "nonlocal declaration not allowed at module level"),
+        ("await asyncio.sleep(0)", "`await`"),
+        ("async with lock:\n        pass", "`await` (or `async for`/`async with`)"),
+    ],
+)
+def test_a_statement_that_cannot_stand_in_the_loop_is_refused_before_setup_runs(runner, statement, said):
+    body = (
+        f"import asyncio\nsetup_ran = True\ntotal = 0\nfor i in range(3):\n    total += i\n    {statement}\n"
+    )
+    outcome = runner("total", body)
+    assert isinstance(outcome.error, CellStructureError), outcome.error
+    message = str(outcome.error)
+    assert said in message and "Line " in message and "nothing was run" in message.lower()
+    assert "setup_ran" not in runner.ns  # refused before anything ran
+    assert not (runner.directory / "t").exists()  # and nothing was written
+
+
+def test_an_await_inside_a_function_defined_in_the_loop_is_fine(runner):
+    body = (
+        "import asyncio\ntotal = 0\nfor i in range(3):\n"
+        "    async def twice(x):\n        await asyncio.sleep(0)\n        return 2 * x\n"
+        "    total += asyncio.run(twice(i))\n"
+    )
+    outcome = runner("total", body)
+    assert outcome.error is None and runner.ns["total"] == 6
 
 
 # -- magic-only: the line, the key, configuration ------------------------------------------------

@@ -17,13 +17,9 @@ from typing import Any
 from resumable_magic.core.cellsplit import (
     COUNTER_VAR,
     LOOP_VAR,
-    compile_block,
-    compile_display,
-    compile_iterable,
-    compile_loop,
+    compile_cell,
     free_names,
     split_cell,
-    split_last_expression,
     unnamed_changes,
 )
 from resumable_magic.core.policy import Every
@@ -60,10 +56,11 @@ def run_cell(
     """
     __tracebackhide__ = True
     plan = split_cell(source, line_offset=line_offset)
+    compiled = compile_cell(plan, filename)  # a statement that cannot stand there: refused before setup
     inputs = {n: namespace[n] for n in free_names(plan) if n in namespace}
     if params:
         # The key depends on values setup may assign: run setup first, then find the checkpoint.
-        exec(compile_block(plan.setup, filename), namespace)
+        exec(compiled.setup, namespace)
         key = f"{key}/{params_key(params, namespace)}"
     run = Resumable(
         key,
@@ -97,20 +94,19 @@ def run_cell(
     run.open()  # from here on the run holds its lease: close() gives it back, however this ends
     try:
         if not params:
-            exec(compile_block(plan.setup, filename), namespace)
+            exec(compiled.setup, namespace)
         if run.replayed:
             run.restore()
         else:
-            loop_code = compile_loop(plan, filename)
-            if plan.kind == "for":
-                iterable = eval(compile_iterable(plan, filename), namespace)
+            if compiled.iterable is not None:
+                iterable = eval(compiled.iterable, namespace)
                 prepared = run.prepare(iterable)
             run.restore()
-            if plan.kind == "for":
+            if compiled.iterable is not None:
                 namespace[LOOP_VAR] = run.iterate(prepared)
             else:
                 namespace[LOOP_VAR] = run.count(namespace, COUNTER_VAR)
-            exec(loop_code, namespace)
+            exec(compiled.loop, namespace)
             run.finish()
     except BaseException as exc:
         run.close(exc)
@@ -120,11 +116,10 @@ def run_cell(
         namespace.pop(COUNTER_VAR, None)
     run.close()
 
-    body, last = split_last_expression(plan.teardown)
-    exec(compile_block(body, filename), namespace)
-    if last is not None:
+    exec(compiled.teardown, namespace)
+    if compiled.display is not None:
         # 'single' mode hands the value to sys.displayhook: IPython shows it as the cell's Out[n].
-        exec(compile_display(last, filename), namespace)
+        exec(compiled.display, namespace)
     return run
 
 

@@ -154,6 +154,63 @@ def compile_loop(plan: CellPlan, filename: str) -> CodeType:
     return compile(module, filename, "exec")
 
 
+@dataclass(frozen=True)
+class CompiledCell:
+    """Every part of a cell, compiled before any of it runs."""
+
+    setup: CodeType
+    iterable: CodeType | None  # a ``for`` loop's iterable expression
+    loop: CodeType
+    teardown: CodeType  # teardown without a final bare expression
+    display: CodeType | None  # that expression, shown as the cell's value
+
+
+def compile_cell(plan: CellPlan, filename: str) -> CompiledCell:
+    """Compile setup, loop and teardown at once, so that a statement Python refuses where it stands
+    (``return``, ``yield`` or ``nonlocal`` outside a function, ``await`` outside IPython's own
+    top-level runner) is a one-line :class:`CellStructureError` naming its line, raised before the
+    setup has run."""
+    _refuse_await(plan)
+    teardown, last = split_last_expression(plan.teardown)
+    try:
+        return CompiledCell(
+            setup=compile_block(plan.setup, filename),
+            iterable=compile_iterable(plan, filename) if plan.kind == "for" else None,
+            loop=compile_loop(plan, filename),
+            teardown=compile_block(teardown, filename),
+            display=compile_display(last, filename) if last is not None else None,
+        )
+    except SyntaxError as exc:
+        raise CellStructureError(
+            f"Line {exc.lineno} of the cell: {exc.msg}. A %%resumable cell's code runs at the top level "
+            f"of the notebook, outside any function, so this statement cannot stand there; nothing was run."
+        ) from None
+
+
+def _refuse_await(plan: CellPlan) -> None:
+    for statement in [*plan.setup, plan.loop, *plan.teardown]:
+        for node in _outside_functions(statement):
+            if isinstance(node, (ast.Await, ast.AsyncFor, ast.AsyncWith)):
+                raise CellStructureError(
+                    f"Line {node.lineno} of the cell: `await` (or `async for`/`async with`) cannot be used "
+                    f"in a %%resumable cell, whose code the magic runs itself, outside IPython's event "
+                    f"loop; run the awaited work with asyncio.run(...) inside the loop, or in a plain "
+                    f"cell. Nothing was run."
+                )
+
+
+def _outside_functions(node: ast.AST) -> list[ast.AST]:
+    """``node`` and the nodes below it that are not inside a nested function or lambda."""
+    found, stack = [], [node]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        for child in ast.iter_child_nodes(current):
+            if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                stack.append(child)
+    return found
+
+
 def split_last_expression(statements: list[ast.stmt]) -> tuple[list[ast.stmt], ast.Expr | None]:
     """Teardown minus a final bare expression, and that expression (to display as a cell's value)."""
     if statements and isinstance(statements[-1], ast.Expr):
