@@ -26,6 +26,7 @@ __all__ = [
     "ResumableError",
     "ResumableWarning",
     "ResumeRefusedError",
+    "RunFolderGoneError",
     "RunInterrupted",
     "RunOwnedError",
     "ShardFailedError",
@@ -198,6 +199,22 @@ class OwnershipLostError(ResumableError, RuntimeError):
             f"its lease timeout: suspended, or a single step held the interpreter that long). This "
             f"process no longer writes the run's checkpoints, so the loop stopped here; the run goes "
             f"on in the new owner. Its checkpoints are untouched by this process."
+        )
+
+
+class RunFolderGoneError(OwnershipLostError):
+    """The run's lease file (or its whole folder) disappeared while the loop ran: no other process
+    took the run over, the checkpoints simply have nowhere to go."""
+
+    def __init__(self, key: str, lease_file: str) -> None:
+        self.key, self.owner, self.lease_file = key, "nobody (the lease file is gone)", lease_file
+        ResumableError.__init__(
+            self,
+            f"Run {key!r}: its lease file {lease_file!r} disappeared while the loop ran (the run folder "
+            f"was deleted or moved, or the file was removed; no other process took the run over). "
+            f"Checkpoints cannot be written there any more, so the loop stopped here; the variables in "
+            f"this kernel keep their values. Put the folder back and run the cell again to resume from "
+            f"its last checkpoint, or run it again to start over.",
         )
 
 

@@ -22,6 +22,7 @@ from resumable_magic.errors import (
     CheckpointWriteError,
     NotSerializableError,
     OwnershipLostError,
+    RunFolderGoneError,
     StateVariableError,
 )
 from resumable_magic.progress.model import ProgressModel
@@ -187,6 +188,8 @@ class Checkpointer:
             )
         if result.get("error") == "OwnershipLostError":
             raise OwnershipLostError(self.key, str(attrs.get("owner")))
+        if result.get("error") == "RunFolderGoneError":
+            raise RunFolderGoneError(self.key, str(attrs.get("lease_file")))
         self._failed(writer.position, f"{result.get('error')}: {result.get('message')}")
 
     def kept(self) -> str:

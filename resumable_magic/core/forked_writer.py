@@ -187,7 +187,7 @@ def _private_bytes() -> int | None:
 
 def _attributes(exc: BaseException) -> dict[str, Any]:
     found = {}
-    for name in ("name", "path", "reason", "key", "owner", "errno", "strerror", "filename"):
+    for name in ("name", "path", "reason", "key", "owner", "errno", "strerror", "filename", "lease_file"):
         value = getattr(exc, name, None)
         if isinstance(value, (str, int)) or value is None:
             found[name] = value

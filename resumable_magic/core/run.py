@@ -40,7 +40,7 @@ from resumable_magic.core.resume import (
     skip_completed,
 )
 from resumable_magic.core.wakeup import TICK_SECONDS, Wakeup
-from resumable_magic.errors import CheckpointWriteError, OwnershipLostError, ResumableError, RunInterrupted
+from resumable_magic.errors import CheckpointWriteError, ResumableError, RunInterrupted
 from resumable_magic.progress.model import ProgressModel
 from resumable_magic.progress.snapshots import ResumeInfo, StartInfo
 from resumable_magic.progress.textview import TextProgress
@@ -340,7 +340,7 @@ class Resumable:
         if checkpoints.writer is not None:
             checkpoints.collect(wait=False)
         if self.lease.lost is not None:
-            raise OwnershipLostError(self.key, self.lease.lost)
+            raise self.lease.lost_error()
         if self._wakeup.stop_signal is not None:
             self._take_checkpoint(item, sync=True)
             name = signal.Signals(self._wakeup.stop_signal).name

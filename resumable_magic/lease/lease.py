@@ -41,7 +41,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from resumable_magic.errors import OwnershipLostError, ResumableError, RunOwnedError
+from resumable_magic.errors import OwnershipLostError, ResumableError, RunFolderGoneError, RunOwnedError
 from resumable_magic.lease.procs import pid_alive, process_start_time
 from resumable_magic.storage.base import Backend, WriteConflict, open_backend
 from resumable_magic.storage.paths import RemotePath, Where
@@ -168,6 +168,7 @@ class Lease:
         self.token = uuid.uuid4().hex
         self.held = False
         self.lost: str | None = None  # description of the process that took the lease over
+        self.gone = False  # ... or the lease file disappeared (a deleted run folder): nobody took it
         self.previous: dict[str, Any] | None = None  # the record found at acquire (a crashed owner's)
         # This process's threads (heartbeat, commit) take turns here; the backend's lock is between
         # processes (where it has none, every write of the record is conditional on self._tag).
@@ -306,14 +307,22 @@ class Lease:
     def fenced(self) -> Iterator[None]:
         """Hold the mutex and make sure the lease is still ours; raise :class:`OwnershipLostError` if not."""
         if self.lost is not None:
-            raise OwnershipLostError(self.key, self.lost)
+            raise self.lost_error()
         with self._locked():
             current = self._read_current()
             if current is None or current.get("token") != self.token:
                 self.held = False
-                self.lost = describe_owner(current) if current else "another process (the lease was removed)"
-                raise OwnershipLostError(self.key, self.lost)
+                self.gone = current is None
+                self.lost = describe_owner(current) if current else "nobody (the lease file is gone)"
+                raise self.lost_error()
             yield
+
+    def lost_error(self) -> OwnershipLostError:
+        """Why this process no longer holds the run: another process took it over, or the lease file
+        (with the run folder, as a rule) disappeared."""
+        if self.gone:
+            return RunFolderGoneError(self.key, str(self.path / LEASE_FILE))
+        return OwnershipLostError(self.key, str(self.lost))
 
     def release(self, position: int | None = None, *, undo: bool = False) -> None:
         """Stop the heartbeat and mark the lease released (kept: it says how far the run got).

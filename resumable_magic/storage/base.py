@@ -161,9 +161,11 @@ class Backend(Protocol):
 def location(directory: str | os.PathLike[str] | RemotePath) -> Where:
     """``directory`` as a local :class:`~pathlib.Path` or a :class:`RemotePath`.
 
-    A ``file://`` URL is a local path. For any other URL, fsspec and the protocol's package must be
-    importable: otherwise a :class:`~resumable_magic.errors.ResumableError` names the URL and the
-    extra to install (raised here, before any loop starts).
+    A local path has ``~`` expanded and is made absolute, so that an ``os.chdir`` in a loop's body
+    (or a worker started in another folder) still finds it. A ``file://`` URL is a local path. For any
+    other URL, fsspec and the protocol's package must be importable: otherwise a
+    :class:`~resumable_magic.errors.ResumableError` names the URL and the extra to install (raised
+    here, before any loop starts).
     """
     if isinstance(directory, RemotePath):
         return directory
@@ -172,9 +174,13 @@ def location(directory: str | os.PathLike[str] | RemotePath) -> Where:
         if match:
             protocol, rest = match.group(1).lower(), match.group(2)
             if protocol in ("file", "local"):
-                return Path(rest or "/")
+                return _local(rest or "/")
             return RemotePath(check_protocol(directory, protocol), rest)
-    return Path(directory)
+    return _local(directory)
+
+
+def _local(path: str | os.PathLike[str]) -> Path:
+    return Path(os.path.abspath(os.path.expanduser(path)))
 
 
 def open_backend(where: Where) -> Backend:
