@@ -9,6 +9,7 @@ before a cluster starts, and the embedded LocalCluster and the progress views wo
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import distributed
+import numpy as np
 import pytest
 
 import resumable_magic
@@ -214,6 +216,34 @@ def test_sweep_members_are_runs(client: distributed.Client, tmp_path: Path) -> N
     assert len([r for r in list_runs(ck) if r.key.startswith("plain/")]) == 3
 
 
+def test_sweep_members_are_keyed_by_the_content_of_their_values(
+    client: distributed.Client, tmp_path: Path
+) -> None:
+    ck, log = tmp_path / "ck", tmp_path / "calls.log"
+    a = np.zeros(10_000)
+    b = a.copy()
+    b[5_000] = 1.0
+    assert repr(a) == repr(b)  # what keyed them before: one key, the first one's result replayed
+
+    def weigh(data: np.ndarray, lr: float) -> float:
+        with open(log, "a") as f:
+            f.write("1\n")
+        return float(data.sum()) * lr
+
+    grid = [{"data": a, "lr": 0.5}, {"data": b, "lr": 0.5}]
+    assert resumable_sweep(weigh, grid, key="arrays", dir=ck, client=client, progress=False) == [0.0, 0.5]
+    runs = {r.key: r for r in list_runs(ck)}
+    assert len(runs) == 2 and all(re.fullmatch(r"arrays/data=h[0-9a-f]{10},lr=0\.5", key) for key in runs)
+    # Numbers equal in value are one parameter value: np.float64(0.5) finds the run that 0.5 made.
+    again = [{"data": b.copy(), "lr": np.float64(0.5)}]
+    assert resumable_sweep(weigh, again, key="arrays", dir=ck, client=client, progress=False) == [0.5]
+    assert len(log.read_text().split()) == 2  # replayed, not called again
+    # The manifest records each value for people, and as JSON where JSON gives the value back.
+    params = next(iter(runs.values())).manifest["params"]
+    assert params["lr"] == {"text": "0.5", "json": 0.5}
+    assert params["data"]["text"].startswith("array([0., 0., 0.,") and "json" not in params["data"]
+
+
 def test_status_lists_shards_as_runs(client: distributed.Client, tmp_path: Path) -> None:
     ck = tmp_path / "ck"
     resumable_map(
@@ -249,6 +279,10 @@ def test_status_lists_shards_as_runs(client: distributed.Client, tmp_path: Path)
         (lambda **kw: resumable_sweep(abs, [{"x": 1}, {"x": 1}], **kw), r"same run key 'x=1'"),
         (lambda **kw: resumable_sweep(abs, [{"x": 1}, 5], **kw), r"param_sets\[1\] 'a int'"),
         (lambda **kw: resumable_sweep(abs, [{}], **kw), r"non-empty dict"),
+        (
+            lambda **kw: resumable_sweep(abs, [{"x": 1}, {"x": (i for i in "ab")}], **kw),
+            r"param_sets\[1\] 'x' is not valid: its value cannot key a run: x is a generator",
+        ),
     ],
 )
 def test_bad_arguments_fail_before_anything_starts(tmp_path: Path, call: Any, match: str) -> None:
