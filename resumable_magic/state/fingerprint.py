@@ -218,12 +218,12 @@ def _json_default(value: Any) -> Any:
 
 
 def param_record(value: Any) -> dict[str, Any]:
-    """What a manifest records of a parameter's value: ``{"text": ...}`` (its repr, shortened, for
-    people) and ``"json"``, its JSON form, when it has one that gives the value back: the same run key
+    """What a manifest records of a parameter's value: ``{"text": ...}`` (its repr on one line,
+    shortened, for people) and ``"json"``, its JSON form, when it has one that gives the value back: the same run key
     when loaded and passed again (so a tuple has none: it would come back as a list; nor has NaN)."""
     python = _python_number(value)
     try:
-        text = repr(python)
+        text = " ".join(repr(python).split())  # one line: a DataFrame's repr has many
     except Exception:
         text = f"<{type(value).__qualname__}>"
     record: dict[str, Any] = {"text": text if len(text) <= _TEXT_LIMIT else text[: _TEXT_LIMIT - 3] + "..."}
