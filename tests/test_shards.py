@@ -8,7 +8,9 @@ before a cluster starts, and the embedded LocalCluster and the progress views wo
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
 import re
 import signal
 import subprocess
@@ -16,15 +18,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import distributed
 import numpy as np
 import pytest
+import xxhash
 
 import resumable_magic
-from resumable_magic import OptionError
+from resumable_magic import OptionError, Resumable
 from resumable_magic.distributed.client import resumable_map, resumable_sweep
 from resumable_magic.distributed.plan import shard_indices
 from resumable_magic.distributed.progress import MapProgress
@@ -175,6 +179,41 @@ def test_changed_sharding_or_items_are_refused_before_any_work(
         )
     assert len(calls(log)) == 20
     assert sorted(p.name for p in (ck / "m").iterdir()) == before
+
+
+def test_a_map_whose_items_were_digested_by_their_pickle_is_still_resumed(
+    client: distributed.Client, tmp_path: Path
+) -> None:
+    """Before canonical fingerprints, a shard recorded its items (here Fractions, not plain data) by a
+    digest of their pickle. Such a map is made here as that version made it, half done; the map
+    call must resume it (and replay the finished shard), not refuse its items as changed."""
+    ck, log = tmp_path / "ck", tmp_path / "calls.log"
+    items = [Fraction(i, 3) for i in range(8)]
+    for i, indices in enumerate(shard_indices(len(items), 2, "mod")):
+        chunk = [items[j] for j in indices]
+        old_digest = xxhash.xxh3_128_hexdigest(pickle.dumps(chunk, protocol=5))[:16]
+        inputs = {"shards": 2, "split": "mod", "n_items": len(items), "items": old_digest}
+        state: dict[str, Any] = {"results": {}}
+        with (
+            contextlib.suppress(LookupError),
+            Resumable(
+                f"fr/shard-{i:04d}-of-0002", state, ["results"], dir=ck, every="1it", inputs=inputs
+            ) as run,
+        ):
+            for index in run.iterate(list(indices)):
+                if i == 1 and index == 5:
+                    raise LookupError("stop")  # the second shard fails after two items
+                state["results"][index] = float(items[index]) * 2
+    assert sorted(r.state for r in list_runs(ck)) == ["failed", "finished"]
+
+    def double(x: Fraction) -> float:
+        with open(log, "a") as f:
+            f.write(f"{x.numerator}\n")
+        return float(x) * 2
+
+    result = resumable_map(double, items, key="fr", dir=ck, shards=2, client=client, progress=False)
+    assert result == [float(x) * 2 for x in items]
+    assert sorted(calls(log)) == [5, 7]  # only the interrupted shard's items after its checkpoint
 
 
 def train(lr: float, seed: int, checkpoint: Callable[..., Any]) -> float:
