@@ -20,6 +20,7 @@ __all__ = [
     "InputsChangedError",
     "IterationMismatchError",
     "NoCheckpointError",
+    "NoContentIdentityError",
     "NotSerializableError",
     "OptionError",
     "OwnershipLostError",
@@ -75,6 +76,18 @@ class OptionError(ResumableError, ValueError):
     def __init__(self, option: str, value: object, expected: str) -> None:
         self.option, self.value = option, value
         super().__init__(f"{option} {value!r} is not valid: {expected}.")
+
+
+class NoContentIdentityError(ResumableError, TypeError):
+    """A value has nothing but its identity to tell it apart (a generator, an open file, a lock), so no
+    digest of it can be the same in another process: it cannot key a run."""
+
+    def __init__(self, path: str, what: str) -> None:
+        self.path, self.what = path, what
+        super().__init__(
+            f"{path} is {what}, which has no content that identifies it in another process (only its "
+            f"identity, which changes with each kernel)."
+        )
 
 
 class CellStructureError(ResumableError, ValueError):

@@ -243,3 +243,46 @@ def test_iteration_order_that_changes_across_restarts_is_refused(kernel_factory,
     k.restart(env={"PYTHONHASHSEED": str(seeds[0])})
     load_ext(k)
     assert k.run(cell + "len(seen)\n").execute_result == "40"
+
+
+# A loop over objects that hold sets of strings: each item's fingerprint must not depend on the order
+# in which its sets iterate, which is the kernel's hash seed's.
+JOBS_CELL = """\
+%%resumable seen --name jobs --dir ck --every 5it
+import time
+class Job:
+    def __init__(self, i):
+        self.i = i
+        self.tags = {f"tag{i}-{j}" for j in range(16)}
+        self.meta = {"owners": frozenset({"ann", "bob", "cy", "dee"}), "n": i}
+seen = []
+for job in [Job(i) for i in range(40)]:
+    seen.append((job.i, min(job.tags), len(job.meta["owners"])))
+    with open("log.txt", "a") as log:
+        log.write(f"{job.i}\\n")
+    time.sleep(0.03)
+"""
+TAG_ORDERS = "[list({f'tag{i}-{j}' for j in range(16)}) for i in range(40)]"
+
+
+def test_items_holding_sets_of_strings_resume_in_a_kernel_with_another_hash_seed(kernel_factory, tmp_path):
+    k = kernel_factory(env={"PYTHONHASHSEED": "1"})
+    orders_before = eval(k.eval(TAG_ORDERS))
+    load_ext(k)
+    k.execute_async(JOBS_CELL)
+    k.wait_for(lambda: (newest_position(tmp_path / "ck" / "jobs") or 0) >= 10)
+    k.kill()
+    position = newest_position(tmp_path / "ck" / "jobs")
+    assert position is not None and 10 <= position < 40
+    done_before = logged(tmp_path)
+
+    k.restart(env={"PYTHONHASHSEED": "2"})
+    # The new kernel's sets iterate in another order: the item at the checkpoint pickles differently.
+    assert eval(k.eval(TAG_ORDERS))[position - 1] != orders_before[position - 1]
+    load_ext(k)
+    resumed = k.execute(JOBS_CELL)
+    assert resumed.error is None and resumed.stderr == "", resumed.describe()
+    assert f"from the checkpoint at iteration {position} of 40" in resumed.stdout
+    assert k.eval("len(seen), seen == [(i, f'tag{i}-0', 4) for i in range(40)]") == "(40, True)"
+    # Every iteration ran; those after the checkpoint again, none before it.
+    assert logged(tmp_path)[len(done_before) :] == list(range(position, 40))

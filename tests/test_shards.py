@@ -8,21 +8,27 @@ before a cluster starts, and the embedded LocalCluster and the progress views wo
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import distributed
+import numpy as np
 import pytest
+import xxhash
 
 import resumable_magic
-from resumable_magic import OptionError
+from resumable_magic import OptionError, Resumable
 from resumable_magic.distributed.client import resumable_map, resumable_sweep
 from resumable_magic.distributed.plan import shard_indices
 from resumable_magic.distributed.progress import MapProgress
@@ -175,6 +181,41 @@ def test_changed_sharding_or_items_are_refused_before_any_work(
     assert sorted(p.name for p in (ck / "m").iterdir()) == before
 
 
+def test_a_map_whose_items_were_digested_by_their_pickle_is_still_resumed(
+    client: distributed.Client, tmp_path: Path
+) -> None:
+    """Before canonical fingerprints, a shard recorded its items (here Fractions, not plain data) by a
+    digest of their pickle. Such a map is made here as that version made it, half done; the map
+    call must resume it (and replay the finished shard), not refuse its items as changed."""
+    ck, log = tmp_path / "ck", tmp_path / "calls.log"
+    items = [Fraction(i, 3) for i in range(8)]
+    for i, indices in enumerate(shard_indices(len(items), 2, "mod")):
+        chunk = [items[j] for j in indices]
+        old_digest = xxhash.xxh3_128_hexdigest(pickle.dumps(chunk, protocol=5))[:16]
+        inputs = {"shards": 2, "split": "mod", "n_items": len(items), "items": old_digest}
+        state: dict[str, Any] = {"results": {}}
+        with (
+            contextlib.suppress(LookupError),
+            Resumable(
+                f"fr/shard-{i:04d}-of-0002", state, ["results"], dir=ck, every="1it", inputs=inputs
+            ) as run,
+        ):
+            for index in run.iterate(list(indices)):
+                if i == 1 and index == 5:
+                    raise LookupError("stop")  # the second shard fails after two items
+                state["results"][index] = float(items[index]) * 2
+    assert sorted(r.state for r in list_runs(ck)) == ["failed", "finished"]
+
+    def double(x: Fraction) -> float:
+        with open(log, "a") as f:
+            f.write(f"{x.numerator}\n")
+        return float(x) * 2
+
+    result = resumable_map(double, items, key="fr", dir=ck, shards=2, client=client, progress=False)
+    assert result == [float(x) * 2 for x in items]
+    assert sorted(calls(log)) == [5, 7]  # only the interrupted shard's items after its checkpoint
+
+
 def train(lr: float, seed: int, checkpoint: Callable[..., Any]) -> float:
     """A sweep member with a loop of its own, checkpointed through the sweep's ``checkpoint``."""
     state = {"w": float(seed)}
@@ -214,6 +255,34 @@ def test_sweep_members_are_runs(client: distributed.Client, tmp_path: Path) -> N
     assert len([r for r in list_runs(ck) if r.key.startswith("plain/")]) == 3
 
 
+def test_sweep_members_are_keyed_by_the_content_of_their_values(
+    client: distributed.Client, tmp_path: Path
+) -> None:
+    ck, log = tmp_path / "ck", tmp_path / "calls.log"
+    a = np.zeros(10_000)
+    b = a.copy()
+    b[5_000] = 1.0
+    assert repr(a) == repr(b)  # what keyed them before: one key, the first one's result replayed
+
+    def weigh(data: np.ndarray, lr: float) -> float:
+        with open(log, "a") as f:
+            f.write("1\n")
+        return float(data.sum()) * lr
+
+    grid = [{"data": a, "lr": 0.5}, {"data": b, "lr": 0.5}]
+    assert resumable_sweep(weigh, grid, key="arrays", dir=ck, client=client, progress=False) == [0.0, 0.5]
+    runs = {r.key: r for r in list_runs(ck)}
+    assert len(runs) == 2 and all(re.fullmatch(r"arrays/data=h[0-9a-f]{10},lr=0\.5", key) for key in runs)
+    # Numbers equal in value are one parameter value: np.float64(0.5) finds the run that 0.5 made.
+    again = [{"data": b.copy(), "lr": np.float64(0.5)}]
+    assert resumable_sweep(weigh, again, key="arrays", dir=ck, client=client, progress=False) == [0.5]
+    assert len(log.read_text().split()) == 2  # replayed, not called again
+    # The manifest records each value for people, and as JSON where JSON gives the value back.
+    params = next(iter(runs.values())).manifest["params"]
+    assert params["lr"] == {"text": "0.5", "json": 0.5}
+    assert params["data"]["text"].startswith("array([0., 0., 0.,") and "json" not in params["data"]
+
+
 def test_status_lists_shards_as_runs(client: distributed.Client, tmp_path: Path) -> None:
     ck = tmp_path / "ck"
     resumable_map(
@@ -249,6 +318,10 @@ def test_status_lists_shards_as_runs(client: distributed.Client, tmp_path: Path)
         (lambda **kw: resumable_sweep(abs, [{"x": 1}, {"x": 1}], **kw), r"same run key 'x=1'"),
         (lambda **kw: resumable_sweep(abs, [{"x": 1}, 5], **kw), r"param_sets\[1\] 'a int'"),
         (lambda **kw: resumable_sweep(abs, [{}], **kw), r"non-empty dict"),
+        (
+            lambda **kw: resumable_sweep(abs, [{"x": 1}, {"x": (i for i in "ab")}], **kw),
+            r"param_sets\[1\] 'x' is not valid: its value cannot key a run: x is a generator",
+        ),
     ],
 )
 def test_bad_arguments_fail_before_anything_starts(tmp_path: Path, call: Any, match: str) -> None:

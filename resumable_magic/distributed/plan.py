@@ -67,7 +67,7 @@ class RunSpec:
     indices: list[int]
     items: list[Any]
     inputs: dict[str, Any]
-    params: dict[str, str]
+    params: dict[str, Any]  # recorded in the manifest: text, or a parameter's record (param_record)
     header: str
     directory: str
     every: str | int | None
@@ -140,6 +140,21 @@ def _items_digest(items: list[Any]) -> str:
     return fingerprint_item(items)[:16]
 
 
+def _adopt_items_digest(spec: RunSpec, recorded: Mapping[str, Any]) -> None:
+    """A shard written before items had canonical fingerprints recorded its items' digest in the old
+    format (a digest of their pickle, for items that are not plain data): when that digest is these
+    items', the shard keeps comparing against it, rather than being refused as made of other items."""
+    from resumable_magic.state.fingerprint import item_fingerprints
+
+    then = recorded.get("items")
+    if not isinstance(then, str) or then == repr(spec.inputs["items"]):
+        return
+    for fingerprint in item_fingerprints(spec.items)[1:]:
+        if repr(fingerprint[:16]) == then:
+            spec.inputs["items"] = fingerprint[:16]
+            return
+
+
 def plan_map(
     items: Sequence[Any], key: str, directory: Where, shards: int | None, split: str
 ) -> tuple[Plan, int | None]:
@@ -191,7 +206,10 @@ def fill_map(plan: Plan, items: Sequence[Any], shards: int, split: str, every: A
 def plan_sweep(
     func: Callable[..., Any], param_sets: Sequence[Mapping[str, Any]], key: str, directory: Where, every: Any
 ) -> Plan:
-    from resumable_magic.core.cellrun import params_key
+    """One member run per parameter set, keyed ``lr=0.01,seed=3`` as ``--params`` keys a cell
+    (:func:`~resumable_magic.state.fingerprint.param_text`): a value with no content to key a run by is
+    refused here, naming its set and parameter."""
+    from resumable_magic.state.fingerprint import param_record, param_text
 
     _check_items(param_sets)
     try:
@@ -208,7 +226,7 @@ def plan_sweep(
                 f"a {type(params).__name__}",
                 "each parameter set is a non-empty dict of name: value",
             )
-        name = params_key(list(params), dict(params))
+        name = ",".join(f"{n}={param_text(n, v, f'param_sets[{i}]')}" for n, v in params.items())
         if name in seen:
             raise OptionError(
                 f"param_sets[{i}]",
@@ -223,7 +241,7 @@ def plan_sweep(
                 indices=[i],
                 items=[dict(params)],
                 inputs=dict(params),
-                params={n: repr(v) for n, v in params.items()},
+                params={n: param_record(v) for n, v in params.items()},
                 header=f"sweep member {name} of {key!r}",
                 directory=str(directory),
                 every=every,
@@ -236,9 +254,8 @@ def plan_sweep(
 def check_existing_inputs(plan: Plan) -> None:
     """Refuse before any work when a run already on disk was made from other inputs (items, sharding,
     parameter values): the worker would refuse it too, but only after other shards started."""
-    from resumable_magic.core.messages import input_changes
     from resumable_magic.errors import InputsChangedError
-    from resumable_magic.state.fingerprint import fingerprint_inputs
+    from resumable_magic.state.fingerprint import inputs_changed
     from resumable_magic.store.runstore import RunStore
 
     for spec in plan.specs:
@@ -252,7 +269,10 @@ def check_existing_inputs(plan: Plan) -> None:
         checkpoint = result.checkpoint
         if checkpoint is None:
             continue
-        changes = input_changes(checkpoint.manifest.get("inputs") or {}, fingerprint_inputs(spec.inputs))
+        recorded = checkpoint.manifest.get("inputs") or {}
+        if spec.kind == "shard":
+            _adopt_items_digest(spec, recorded)
+        changes = inputs_changed(recorded, spec.inputs)
         if changes:
             error = InputsChangedError(changes, store.finished(checkpoint.generation) is not None)
             raise ShardFailedError(

@@ -67,7 +67,11 @@ class RunInfo:
         params = self.manifest.get("params")
         if not isinstance(params, dict):
             return ""
-        return " ".join(f"{name}={value}" for name, value in params.items())
+        # A parameter's record ({"text": ..., "json": ...}), or its text (older runs, a map's shards).
+        return " ".join(
+            f"{name}={value.get('text') if isinstance(value, dict) else value}"
+            for name, value in params.items()
+        )
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (without the manifest's bulky fields)."""
