@@ -260,7 +260,7 @@ def test_params_give_each_parameter_set_its_own_checkpoint(runner):
     runs = sorted(p.name for p in (runner.directory / "t").iterdir())
     assert runs == ["lr=0.5,seed=1", "lr=2.0,seed=1"]
     manifest = json.loads(next((runner.directory / "t" / "lr=2.0,seed=1").glob("manifest.*")).read_text())
-    assert manifest["params"] == {"lr": "2.0", "seed": "1"}
+    assert manifest["params"] == {"lr": {"text": "2.0", "json": 2.0}, "seed": {"text": "1", "json": 1}}
 
 
 def test_params_from_setup_and_values_without_a_short_text(runner):
@@ -270,6 +270,29 @@ def test_params_from_setup_and_values_without_a_short_text(runner):
     assert re.fullmatch(r"mode=fast,tag=h[0-9a-f]{10}", run.name)
     missing = runner("n", body, "--params nope")
     assert type(missing.error).__name__ == "OptionError" and "--params 'nope'" in str(missing.error)
+
+
+def test_params_are_keyed_by_the_content_of_their_values(runner):
+    import numpy as np
+
+    body = "total = 0.0\nfor i in range(3):\n    total += float(data.sum()) * lr\n"
+    a = np.zeros(10_000)
+    b = a.copy()
+    b[5_000] = 1.0
+    assert repr(a) == repr(b)
+    runner.ns.update(data=a, lr=0.5)
+    assert runner("total", body, "--params data lr").error is None and runner.ns["total"] == 0.0
+    runner.ns["data"] = b  # equal repr, other data: another run, not a.'s result replayed
+    assert runner("total", body, "--params data lr").error is None and runner.ns["total"] == 1.5
+    assert len(list((runner.directory / "t").iterdir())) == 2
+    runner.ns["lr"] = np.float64(0.5)  # equal in value: the same run, replayed
+    replayed = runner("total", body, "--params data lr")
+    assert replayed.error is None and "Replayed" in replayed.out and runner.ns["total"] == 1.5
+    runner.ns["lr"] = (x for x in [0.5])
+    refused = runner("total", body, "--params data lr")
+    assert type(refused.error).__name__ == "OptionError"
+    assert "--params 'lr' is not valid: its value cannot key a run: lr is a generator" in str(refused.error)
+    assert len(list((runner.directory / "t").iterdir())) == 2
 
 
 def test_unnamed_state_warning(runner):

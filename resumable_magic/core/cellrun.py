@@ -9,7 +9,6 @@ iterations; the state is restored; the loop continues; teardown runs.
 from __future__ import annotations
 
 import os
-import re
 import types
 from collections.abc import Sequence
 from typing import Any
@@ -26,7 +25,7 @@ from resumable_magic.core.policy import Every
 from resumable_magic.core.run import Resumable
 from resumable_magic.errors import OptionError
 from resumable_magic.progress.model import ProgressModel
-from resumable_magic.storage.blobs import digest
+from resumable_magic.state.fingerprint import param_record, param_text
 
 
 def run_cell(
@@ -71,7 +70,7 @@ def run_cell(
         fresh=fresh,
         accept_changes=accept_changes,
         inputs=inputs,
-        params={n: repr(namespace[n]) for n in params},
+        params={n: param_record(namespace[n]) for n in params},
         code=code if code is not None else source,
         progress=progress,
         header=plan.header,
@@ -123,20 +122,11 @@ def run_cell(
     return run
 
 
-_SAFE_TEXT = re.compile(r"^[A-Za-z0-9._+-]{1,40}$")
-
-
 def params_key(params: Sequence[str], namespace: dict[str, Any]) -> str:
-    """``lr=0.01,seed=3``: each parameter's value as short safe text, or ``h<hash>`` when it has none."""
+    """``lr=0.01,seed=3``: each parameter's value as short safe text, or ``h<digest of its content>``."""
     parts = []
     for name in params:
         if name not in namespace:
             raise OptionError("--params", name, "name variables defined before the cell or in its setup")
-        value = namespace[name]
-        text = (
-            repr(value) if isinstance(value, (bool, int, float)) else value if isinstance(value, str) else ""
-        )
-        if not _SAFE_TEXT.match(text):
-            text = "h" + digest(repr(value).encode())[:10]
-        parts.append(f"{name}={text}")
+        parts.append(f"{name}={param_text(name, namespace[name])}")
     return ",".join(parts)

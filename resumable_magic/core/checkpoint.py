@@ -76,7 +76,7 @@ class Checkpointer:
         names: Sequence[str],
         final_names: Sequence[str] = (),
         inputs: Mapping[str, Any] | None = None,
-        params: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
         code: str | None = None,
         header: str = "loop",
         max_size: int | None = None,

@@ -19,7 +19,6 @@ __all__ = [
     "accepted_changes_text",
     "code_change_text",
     "disk_space_text",
-    "input_changes",
     "replay_text",
     "resume_text",
     "size_limit_text",
@@ -43,15 +42,6 @@ def undefined_name_error(name: str, namespace: Mapping[str, Any]) -> StateVariab
         f"State variable {name!r} is not defined when the loop starts: assign it before the "
         f"loop (in the cell's setup or an earlier cell), or remove it from the names.{hint}",
     )
-
-
-def input_changes(before: Mapping[str, str], now: Mapping[str, str]) -> dict[str, tuple[str, str]]:
-    """``{name: (then, now)}`` for every fingerprinted input that differs."""
-    return {
-        name: (old, now.get(name, "undefined"))
-        for name, old in before.items()
-        if now.get(name, "undefined") != old
-    }
 
 
 def accepted_changes_text(changes: Mapping[str, tuple[str, str]]) -> str:

@@ -32,7 +32,7 @@ from resumable_magic.errors import (
 from resumable_magic.progress.model import ProgressModel
 from resumable_magic.progress.snapshots import ResumeInfo
 from resumable_magic.state import rng
-from resumable_magic.state.fingerprint import fingerprint_item
+from resumable_magic.state.fingerprint import inputs_changed, item_matches
 from resumable_magic.state.serialize import decode_state
 from resumable_magic.storage.base import location
 from resumable_magic.storage.paths import Where
@@ -144,7 +144,7 @@ def _check_inputs(
     accept_changes: bool,
     finished: bool,
 ) -> None:
-    changes = messages.input_changes(checkpoint.manifest.get("inputs") or {}, inputs)
+    changes = inputs_changed(checkpoint.manifest.get("inputs") or {}, inputs)
     if changes and not accept_changes:
         raise InputsChangedError(changes, finished)
     if changes:
@@ -164,7 +164,7 @@ def skip_completed(
     else:
         deque(islice(iterator, skip - 1), maxlen=0)
         last = next(iterator, MISSING)
-    if last is MISSING or (expected is not None and fingerprint_item(last) != expected):
+    if last is MISSING or not item_matches(expected, last):
         raise IterationMismatchError(skip, header)
     return iterator
 

@@ -91,7 +91,7 @@ class Resumable:
         progress: ProgressModel | None = None,
         header: str = "loop",
         final_names: Sequence[str] = (),
-        params: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
         max_size: str | int | None = None,
     ) -> None:
         self.key = key
@@ -102,7 +102,8 @@ class Resumable:
         self.policy = CheckpointPolicy(parse_every(every))  # decides, at each boundary, if one is due
         max_bytes = parse_size(max_size if max_size is not None else os.environ.get("RESUMABLE_MAX_SIZE"))
         self.fresh, self.accept_changes = fresh, accept_changes
-        self.inputs = fingerprint_inputs(inputs or {})
+        self.input_values = dict(inputs or {})  # compared with a checkpoint's by inputs_changed
+        self.inputs = fingerprint_inputs(self.input_values)  # what a checkpoint records
         self.code = code
         self.progress = progress if progress is not None else TextProgress()
         self.header = header
@@ -207,7 +208,7 @@ class Resumable:
                 self.key,
                 self.progress,
                 names=self.names,
-                inputs=self.inputs,
+                inputs=self.input_values,
                 code=self.code,
                 fresh=self.fresh,
                 accept_changes=self.accept_changes,
