@@ -96,9 +96,11 @@ def resume_text(
     if redone:
         return text + (
             f" Redoing the work after it: the interrupted run had reached iteration "
-            f"{position + redone:,} ({redone:,} iterations, about {format_duration(redone_seconds or 0)} "
-            f"of work)."
+            f"{position + redone:,} ({redone:,} iteration{'' if redone == 1 else 's'}, about "
+            f"{format_duration(redone_seconds or 0)} of work)."
         )
+    if redone == 0:
+        return text + " Nothing is redone: the run before had not gone past it."
     return text + " Work done after that checkpoint, if any, is redone."
 
 

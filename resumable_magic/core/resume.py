@@ -173,10 +173,15 @@ def resume_info(checkpoint: Checkpoint, previous_lease: Mapping[str, Any] | None
     """Where a resumed run picks up, and how much work the attempt that ended had done past it (from
     its lease's last heartbeat: how far it got, and when)."""
     beat = previous_lease or {}
-    reached, seen = beat.get("position"), beat.get("heartbeat")
-    redone = redone_seconds = None
-    if isinstance(reached, int) and isinstance(seen, (int, float)) and reached > checkpoint.position:
-        redone, redone_seconds = reached - checkpoint.position, max(0.0, seen - checkpoint.created)
+    reached, seen, began = beat.get("position"), beat.get("heartbeat"), beat.get("acquired")
+    redone: int | None = None
+    redone_seconds: float | None = None
+    if isinstance(reached, int) and isinstance(seen, (int, float)):
+        redone = max(0, reached - checkpoint.position)
+        # The attempt's own work began when it took the lease: when it wrote no checkpoint of its own
+        # (it resumed from this one and died), the time before it started is no work of its.
+        start = max(checkpoint.created, began) if isinstance(began, (int, float)) else checkpoint.created
+        redone_seconds = max(0.0, seen - start) if redone else 0.0
     return ResumeInfo(checkpoint.position, checkpoint.created, checkpoint.generation, redone, redone_seconds)
 
 

@@ -284,7 +284,8 @@ class Resumable:
             messages.resume_text(
                 self.names,
                 checkpoint.position,
-                self.total,
+                # The plain API learns the total only when the loop starts: the checkpoint knows it.
+                self.total if self.total is not None else _int_or_none(checkpoint.manifest.get("total")),
                 checkpoint.created,
                 resumed.redone_iterations,
                 resumed.redone_seconds,
@@ -398,3 +399,7 @@ class Resumable:
             resumed=resumed,
             replayed=self.replayed,
         )
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -139,11 +139,11 @@ def resume_text(snap: RunSnapshot) -> str:
         f"(checkpoint of {format_clock(resumed.checkpoint_wall_time, snap.now_wall)})"
     )
     lost = []
-    if resumed.redone_iterations is not None:
+    if resumed.redone_iterations:
         n = resumed.redone_iterations
         lost.append(f"{format_count(n)} iteration{'' if n == 1 else 's'}")
-    if resumed.redone_seconds is not None:
-        lost.append(format_duration(resumed.redone_seconds))
+        if resumed.redone_seconds is not None:
+            lost.append(format_duration(resumed.redone_seconds))
     if lost:
         text += f", redoing {lost[0]}" + (f" ({lost[1]})" if len(lost) > 1 else "")
     return text
