@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from resumable_magic import Resumable, load
-from resumable_magic.errors import OwnershipLostError, RunFolderGoneError
+from resumable_magic.errors import OwnershipLostError, RunFolderGoneError, UntrustedCheckpointError
 from resumable_magic.progress.model import ProgressModel
 
 
@@ -60,3 +60,34 @@ def test_a_run_folder_deleted_mid_loop_is_said_plainly(tmp_path, what):
     assert "disappeared while the loop ran" in message and "owner.json" in message
     assert "taken over by" not in message and "goes on in the new owner" not in message
     assert state["n"] <= 5  # it stopped at the next boundary
+
+
+def _loop_in(folder, ran: list[int]) -> None:
+    state = {"n": 0}
+    with Resumable("own", state, dir=folder, progress=ProgressModel()) as run:
+        for i in run.iterate(range(3)):
+            ran.append(i)
+
+
+@pytest.mark.parametrize("kind", ["another user's folder", "group-writable folder", "another user's symlink"])
+def test_a_folder_a_resume_would_refuse_is_refused_before_the_first_write(tmp_path, kind):
+    if os.geteuid() != 0 and kind != "group-writable folder":
+        pytest.fail("giving a folder to another user needs root, which these tests run as")
+    folder = tmp_path / "ck"
+    folder.mkdir(mode=0o700)
+    if kind == "another user's folder":
+        os.chown(folder, 65534, 65534)
+    elif kind == "group-writable folder":
+        folder.chmod(0o770)
+    else:
+        target, folder = folder, tmp_path / "link"
+        folder.symlink_to(target)
+        os.lchown(folder, 65534, 65534)
+    ran: list[int] = []
+    with pytest.raises(UntrustedCheckpointError) as caught:
+        _loop_in(folder, ran)
+    message = str(caught.value)
+    assert ran == []  # refused before the loop ran
+    assert str(folder) in message
+    assert ("uid 65534" in message) == (kind != "group-writable folder"), message
+    assert not list(tmp_path.rglob("manifest.*.json"))  # nothing was written

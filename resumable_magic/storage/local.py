@@ -163,6 +163,7 @@ class LocalBackend:
         """The checkpoint folder, a nested key's folders, the run folder and ``objects/``: the user's
         own and writable by nobody else, or nothing in them is loaded."""
         for folder in dict.fromkeys([top, *folders_down(top, self.path), self.path / "objects"]):
+            _check_link(Path(str(folder)), self.path)
             check_private(str(folder), run=self.path, what="checkpoint folder")
 
     # -- blobs ------------------------------------------------------------------------------------------
@@ -389,4 +390,23 @@ def check_private(
             f"it is writable by {who} (mode {mode:04o}), so someone else could have put it there",
             remedy,
             what,
+        )
+
+
+def _check_link(path: Path, run: Path) -> None:
+    """A folder reached through a symbolic link is the link owner's to redirect: refuse one that is
+    not the user's own (the link itself, whatever it points at)."""
+    if os.name != "posix":
+        return
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return
+    if stat.S_ISLNK(st.st_mode) and st.st_uid != os.geteuid():
+        raise UntrustedCheckpointError(
+            path,
+            f"it is a symbolic link owned by {user_name(st.st_uid)}, who can point it anywhere",
+            f"Use the folder it points at ({shlex.quote(os.path.realpath(path))}) if you trust it, or "
+            f"a folder of your own.",
+            "checkpoint folder",
         )

@@ -180,8 +180,11 @@ class RunStore:
 
     # -- writing ------------------------------------------------------------------------------------
     def ensure(self) -> None:
-        """Create the run's directories (private to the user: a nested key's folders too)."""
+        """Create the run's directories (private to the user: a nested key's folders too), and check
+        them as a reader will (the user's own, writable by nobody else): a folder a resume would
+        refuse is refused now, before hours of checkpoints are written into it."""
         self.backend.ensure(self.directory)
+        self.backend.check_folders(self.directory)
 
     def put_blob(self, data: Buffer) -> tuple[str, int]:
         """Store ``data`` under its digest; return (digest, bytes written: 0 when it was already there).
