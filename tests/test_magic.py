@@ -295,6 +295,31 @@ def test_params_are_keyed_by_the_content_of_their_values(runner):
     assert len(list((runner.directory / "t").iterdir())) == 2
 
 
+DRAIN = """\
+todo, done = [0, 1, 2], []
+for x in todo:
+    done.append(x)
+    if x < 40:
+        todo.append(x + 7)
+    if x == fail_at:
+        raise ValueError(f"boom at {x}")
+"""
+
+
+def test_a_loop_over_a_named_list_the_body_extends_resumes_over_the_restored_list(runner):
+    runner.ns.update(fail_at=-1)
+    assert runner("todo done", DRAIN).error is None
+    expected = (list(runner.ns["todo"]), list(runner.ns["done"]))
+    runner.ns.update(fail_at=22)  # a different run key below: start afresh, fail midway
+    failed = runner("todo done", DRAIN, "--every 1it --fresh")
+    assert isinstance(failed.error, ValueError), failed.error
+    runner.ns.update(fail_at=-1)
+    resumed = runner("todo done", DRAIN, "--every 1it --accept-changes")
+    assert resumed.error is None, resumed.error
+    assert "Resumed" in resumed.out
+    assert (runner.ns["todo"], runner.ns["done"]) == expected  # the iterator walked the restored list
+
+
 def test_unnamed_state_warning(runner):
     outcome = runner("total", "total, log = 0, []\nfor i in range(3):\n    total += i\n    log.append(i)\n")
     assert outcome.error is None and "the loop changes 'log' (line" in outcome.out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import types
+from collections import ChainMap
 from collections.abc import Sequence
 from typing import Any
 
@@ -98,7 +99,12 @@ def run_cell(
             run.restore()
         else:
             if compiled.iterable is not None:
-                iterable = eval(compiled.iterable, namespace)
+                # An iterable that reads named state (`for x in todo:`) must walk the objects the loop
+                # will change: evaluate it over the restored ones, which restore() then binds (the
+                # RNG still as setup left it, so a generator skipping ahead draws what it drew then).
+                restored = run.restored_values()
+                scope = ChainMap(restored, namespace) if restored else namespace
+                iterable = eval(compiled.iterable, namespace, scope)
                 prepared = run.prepare(iterable)
             run.restore()
             if compiled.iterable is not None:

@@ -185,22 +185,24 @@ def resume_info(checkpoint: Checkpoint, previous_lease: Mapping[str, Any] | None
     return ResumeInfo(checkpoint.position, checkpoint.created, checkpoint.generation, redone, redone_seconds)
 
 
-def put_back(
-    checkpoint: Checkpoint, key: str, namespace: MutableMapping[str, Any], names: Sequence[str]
-) -> None:
-    """Put the checkpoint's variables (those of ``names`` it holds) and its RNG states in place; on
-    failure to load, change nothing."""
+def load_payload(checkpoint: Checkpoint, key: str) -> dict[str, Any]:
+    """The checkpoint's variables and (under :data:`RNG_KEY`) RNG states, unpickled; nothing is put
+    in place. A checkpoint that verified but cannot be loaded is a one-paragraph error."""
     try:
-        payload = decode_state(checkpoint.state, checkpoint.buffers)
+        return decode_state(checkpoint.state, checkpoint.buffers)
     except Exception as exc:
         raise ResumableError(
             f"The checkpoint of {key!r} (generation {checkpoint.generation}, iteration "
             f"{checkpoint.position:,}) verified but could not be loaded: {type(exc).__name__}: {exc}. "
             f"Nothing was changed. Make what it needs importable, or start over with --fresh."
         ) from None
-    rng_states = payload.pop(RNG_KEY, {})
+
+
+def put_back(payload: dict[str, Any], namespace: MutableMapping[str, Any], names: Sequence[str]) -> None:
+    """Put a loaded checkpoint's variables (those of ``names`` it holds) in place, then its RNG states
+    (last: whatever ran before, such as a loop's iterable, drew from the states it found)."""
     namespace.update({n: payload[n] for n in names if n in payload})
-    rng.restore(rng_states)
+    rng.restore(payload.get(RNG_KEY, {}))
 
 
 def _quote(names: Iterable[str]) -> str:

@@ -35,6 +35,7 @@ from resumable_magic.core.resume import (
     Start,
     default_directory,
     find_start,
+    load_payload,
     put_back,
     resume_info,
     skip_completed,
@@ -134,6 +135,7 @@ class Resumable:
         self.total: int | None = None
         self.replayed = False  # a finished run was restored; the loop must not run
         self._start = Start()  # where open() found the run starts
+        self._loaded: dict[str, Any] | None = None  # its checkpoint, unpickled once (restored_values)
         self._next_report = 0.0
         self._started = False  # restore() ran: this attempt counts (an outcome is recorded at close)
         self._first_tick = True
@@ -238,6 +240,22 @@ class Resumable:
         expected = checkpoint.manifest.get("item")
         return skip_completed(iterable, iterator, self.position, expected, self.header)
 
+    def restored_values(self) -> dict[str, Any]:
+        """The named variables the run will restore (``{}`` when it starts afresh), loaded but not yet
+        put in place: the very objects :meth:`restore` binds. A ``for`` loop's iterable that reads
+        named state is evaluated over them, before the restore, so that the loop walks the list the
+        body then changes; the RNG states are still those setup left."""
+        if self._start.checkpoint is None or self.replayed:
+            return {}
+        payload = self._payload()
+        return {n: payload[n] for n in self.names if n in payload}
+
+    def _payload(self) -> dict[str, Any]:
+        if self._loaded is None:
+            assert self._start.checkpoint is not None
+            self._loaded = load_payload(self._start.checkpoint, self.key)
+        return self._loaded
+
     def restore(self) -> None:
         """Put the checkpoint's variables and RNG states in place (or write the first checkpoint)."""
         checkpoint = self._start.checkpoint
@@ -254,9 +272,7 @@ class Resumable:
             self._take_checkpoint(_MISSING, first=True)
             self.next_at = self.policy.next_due_at(self.checkpoints.last_position)
             return
-        put_back(
-            checkpoint, self.key, self.namespace, self.names + (self.final_names if self.replayed else ())
-        )
+        put_back(self._payload(), self.namespace, self.names + (self.final_names if self.replayed else ()))
         if self.replayed:
             self.lease.release(undo=True)  # a replay only reads
             finished_at = (self._start.done or {}).get("finished", checkpoint.created)
