@@ -320,6 +320,22 @@ def test_a_loop_over_a_named_list_the_body_extends_resumes_over_the_restored_lis
     assert (runner.ns["todo"], runner.ns["done"]) == expected  # the iterator walked the restored list
 
 
+def test_an_unnamed_object_changed_by_a_method_call_is_warned_about(runner):
+    exec(
+        "class Optimizer:\n"
+        "    def __init__(self):\n        self.steps = 0\n"
+        "    def step(self):\n        self.steps += 1\n",
+        runner.ns,
+    )
+    runner.ns.update(opt=runner.ns["Optimizer"](), weights=[1, 2, 3], queue=iter(range(5)))
+    body = "total = 0\nfor x in queue:\n    opt.step()\n    total += weights[x % 3] + x\n"
+    outcome = runner("total", body)
+    assert outcome.error is None and runner.ns["total"] == 19
+    assert "the loop changed 'opt' (through a method call" in outcome.out, outcome.out
+    assert "'weights'" not in outcome.out  # read, not changed
+    assert "'queue'" not in outcome.out  # the loop's iterable: the resume reproduces its position
+
+
 def test_unnamed_state_warning(runner):
     outcome = runner("total", "total, log = 0, []\nfor i in range(3):\n    total += i\n    log.append(i)\n")
     assert outcome.error is None and "the loop changes 'log' (line" in outcome.out

@@ -19,11 +19,14 @@ from resumable_magic.core.cellsplit import (
     LOOP_VAR,
     compile_cell,
     free_names,
+    iterable_names,
+    loop_reads,
     split_cell,
     unnamed_changes,
 )
 from resumable_magic.core.policy import Every
 from resumable_magic.core.run import Resumable
+from resumable_magic.core.unnamed import watchable
 from resumable_magic.errors import OptionError
 from resumable_magic.progress.model import ProgressModel
 from resumable_magic.state.fingerprint import param_record, param_text
@@ -107,6 +110,16 @@ def run_cell(
                 iterable = eval(compiled.iterable, namespace, scope)
                 prepared = run.prepare(iterable)
             run.restore()
+            # Unnamed objects the loop reads (not its iterable, which the resume reproduces): a change
+            # made to one through a method call is warned about after the first checkpoint.
+            iterated = iterable_names(plan)
+            run.watch_unnamed(
+                {
+                    n: namespace[n]
+                    for n in loop_reads(plan) - set(names) - set(changed) - iterated - set(plan.target_names)
+                    if n in namespace and not n.startswith("_") and watchable(namespace[n])
+                }
+            )
             if compiled.iterable is not None:
                 namespace[LOOP_VAR] = run.iterate(prepared)
             else:

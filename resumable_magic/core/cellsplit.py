@@ -270,6 +270,33 @@ def free_names(plan: CellPlan) -> set[str]:
     return loaded - bound_names(statements) - set(dir(builtins))
 
 
+def iterable_names(plan: CellPlan) -> set[str]:
+    """Names a ``for`` loop's iterable expression reads (none for a ``while`` loop)."""
+    if not isinstance(plan.loop, ast.For):
+        return set()
+    return {n.id for n in ast.walk(plan.loop.iter) if isinstance(n, ast.Name)}
+
+
+def loop_reads(plan: CellPlan) -> set[str]:
+    """Names the loop's body (and a ``while`` loop's condition) reads, outside nested functions and
+    classes; not a ``for`` loop's iterable, whose position the resume reproduces itself."""
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            return
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            found.add(node.id)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    for statement in [*plan.loop.body, *plan.loop.orelse]:
+        visit(statement)
+    if isinstance(plan.loop, ast.While):
+        visit(plan.loop.test)
+    return found
+
+
 def unnamed_changes(plan: CellPlan, existing: set[str], state: set[str]) -> dict[str, int]:
     """Variables defined before the loop, not named as state, that the loop body changes.
 

@@ -24,6 +24,7 @@ __all__ = [
     "size_limit_text",
     "stopped_text",
     "undefined_name_error",
+    "unnamed_change_text",
     "when",
 ]
 
@@ -61,6 +62,17 @@ def code_change_text(old: str, new: str, created: float, finished: bool) -> str:
     return (
         f"the cell's code changed since the checkpoint was written ({when(created)}); "
         f"{then}. Changes:\n    {shown}\n  Use --fresh to start over with the new code."
+    )
+
+
+def unnamed_change_text(names: Sequence[str]) -> str:
+    listed = ", ".join(repr(n) for n in names)
+    it, they = ("it", "it") if len(names) == 1 else ("them", "they")
+    return (
+        f"the loop changed {listed} (through a method call or an attribute, not an assignment the "
+        f"code shows), defined before the loop but not named as state: after a crash {they} would "
+        f"come back as the loop found {it}, not as it left {it}. Add {it} to the names if the "
+        f"result depends on {it}."
     )
 
 

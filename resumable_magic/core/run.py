@@ -40,6 +40,7 @@ from resumable_magic.core.resume import (
     resume_info,
     skip_completed,
 )
+from resumable_magic.core.unnamed import UnnamedWatch
 from resumable_magic.core.wakeup import TICK_SECONDS, Wakeup
 from resumable_magic.errors import CheckpointWriteError, ResumableError, RunInterrupted
 from resumable_magic.progress.model import ProgressModel
@@ -135,6 +136,7 @@ class Resumable:
         self.total: int | None = None
         self.replayed = False  # a finished run was restored; the loop must not run
         self._start = Start()  # where open() found the run starts
+        self._unnamed: UnnamedWatch | None = None  # unnamed objects the loop reads (watch_unnamed)
         self._loaded: dict[str, Any] | None = None  # its checkpoint, unpickled once (restored_values)
         self._next_report = 0.0
         self._started = False  # restore() ran: this attempt counts (an outcome is recorded at close)
@@ -240,6 +242,17 @@ class Resumable:
         expected = checkpoint.manifest.get("item")
         return skip_completed(iterable, iterator, self.position, expected, self.header)
 
+    def watch_unnamed(self, values: Mapping[str, Any]) -> None:
+        """Digest ``values`` (unnamed objects the loop reads) now, as the loop starts; after the first
+        checkpoint (or the loop's end) a changed one is warned about: a crash would lose the change."""
+        self._unnamed = UnnamedWatch(values) if values else None
+
+    def _check_unnamed(self) -> None:
+        watch, self._unnamed = self._unnamed, None
+        changed = watch.changed(self.namespace) if watch is not None else []
+        if changed:
+            self._warn(messages.unnamed_change_text(changed))
+
     def restored_values(self) -> dict[str, Any]:
         """The named variables the run will restore (``{}`` when it starts afresh), loaded but not yet
         put in place: the very objects :meth:`restore` binds. A ``for`` loop's iterable that reads
@@ -315,6 +328,7 @@ class Resumable:
         self._wakeup.stop_timer()
         if self._iterator is not None:
             self._iterator.close()  # syncs self.position after a `break`
+        self._check_unnamed()  # a loop shorter than a checkpoint interval: asked at its end
         generation = self._take_checkpoint(_MISSING, final=True)
         self.store.mark_finished(generation, {"finished": time.time(), "position": self.position})
         self._ended = True
@@ -365,6 +379,7 @@ class Resumable:
             raise RunInterrupted(messages.stopped_text(name, self.position), self.position, name)
         if self.policy.due(now, self.position, checkpoints.last_time, checkpoints.last_position):
             self._take_checkpoint(item)
+            self._check_unnamed()
         elif now >= self._next_report:
             self._next_report = now + TICK_SECONDS
             self.progress.advanced(self.position)
