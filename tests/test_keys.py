@@ -134,6 +134,15 @@ def test_keys_that_shared_a_folder_no_longer_replay_each_other(
     assert sorted(r.key for r in list_runs(tmp_path)) == sorted([first, second])
 
 
+def test_a_nested_key_named_like_a_run_file_is_not_in_that_runs_files(tmp_path: Path) -> None:
+    """'a/objects' was run 'a''s blob folder, whose collection deleted the nested run's manifests."""
+    assert str(key_to_relpath("a/objects")).startswith("a/objects~")
+    count("a/objects", tmp_path, stop_at=4)
+    count("a", tmp_path)  # its commits collect what its blob folder holds that it does not name
+    assert count("a/objects", tmp_path) == (expected("a/objects"), [4, 5, 6, 7])
+    assert sorted(r.key for r in list_runs(tmp_path)) == ["a", "a/objects"]
+
+
 def test_composed_and_decomposed_key_are_one_run(tmp_path: Path) -> None:
     count(NFC, tmp_path, stop_at=3)
     state, ran = count(NFD, tmp_path)

@@ -127,6 +127,19 @@ def test_a_run_whose_old_folder_holds_nested_keys_stays_there(tmp_path: Path) ->
         assert load("Exp", dir=tmp_path) == expected("Exp")  # found where it is, each time
 
 
+def test_an_old_folder_that_is_another_runs_blob_folder_is_never_moved(tmp_path: Path) -> None:
+    count("a", tmp_path)
+    count("a/objects", tmp_path, stop_at=4)
+    old = to_old_folder(tmp_path, "a/objects")  # into a/objects/, run 'a''s blobs, as before
+    blobs = {p.name for p in old.iterdir() if p.is_file() and not p.name.startswith("manifest.")}
+    with pytest.raises(LegacyFolderError, match=r"is also the blob folder of the run in"):
+        count("a/objects", tmp_path)
+    assert blobs <= {p.name for p in old.iterdir()} and load("a", dir=tmp_path) == expected("a")
+    for manifest in old.glob("manifest.*.json"):  # what the message says to do
+        manifest.unlink()
+    assert count("a/objects", tmp_path) == (expected("a/objects"), list(range(8)))
+
+
 def test_an_old_folder_that_is_another_keys_own_is_left_alone(tmp_path: Path) -> None:
     count("exp/_", tmp_path)  # a plain key: its folder is exp/_, today as before
     assert count("exp/α", tmp_path) == (expected("exp/α"), list(range(8)))  # no warning, no refusal

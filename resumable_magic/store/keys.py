@@ -8,8 +8,9 @@ the same, and macOS hands out file names decomposed), while ``Run`` and ``run`` 
 
 Each name becomes a folder name (:func:`folder_name`):
 
-* a *plain* name, made only of ``a-z 0-9 . _ = , + @ -``, at most 120 characters and not ending in
-  ``.``, is its own folder name: ``squares``, ``lr=0.01,seed=3``, ``shard-0003-of-0008``, ``cell-1f2e``;
+* a *plain* name, made only of ``a-z 0-9 . _ = , + @ -``, at most 120 characters, not ending in
+  ``.`` and not the name of a run folder's own file (``objects``, ``owner.json``, ``manifest.*.json``,
+  ...), is its own folder name: ``squares``, ``lr=0.01,seed=3``, ``shard-0003-of-0008``, ``cell-1f2e``;
 * any other name becomes a readable slug (accents dropped, other characters ``_``, cut to 120), ``~``
   and the first 12 hex digits of the SHA-256 of the name: ``exp/α`` is ``exp/_~<digest>``,
   ``Analysis.ipynb`` is ``Analysis.ipynb~<digest>``, a 130-character name keeps 120 of them.
@@ -35,6 +36,9 @@ import unicodedata
 from pathlib import Path
 
 from resumable_magic.errors import OptionError
+from resumable_magic.lease.lease import LEASE_FILE, LOCK_FILE
+from resumable_magic.storage.paths import TMP_PREFIX
+from resumable_magic.store.layout import MANIFEST_RE, OUTCOME_FILE
 
 __all__ = [
     "DIGEST_DIGITS",
@@ -53,6 +57,9 @@ DIGEST_DIGITS = 12  # hex digits of SHA-256 after the "~": 48 bits
 _PLAIN_RE = re.compile(rf"[a-z0-9._=,+@-]{{1,{NAME_MAX}}}")
 _UNSAFE_RUN_RE = re.compile(r"[^A-Za-z0-9._=,+@-]+")
 _LEGACY_UNSAFE_RE = re.compile(r"[^A-Za-z0-9._=,+@-]")
+# The names of a run folder's own files: a nested key's folder must not be one of them (a run 'a/objects'
+# would live in run 'a''s blob folder, whose collection deletes what it does not know).
+_RUN_FILES = frozenset({"objects", "DONE", OUTCOME_FILE, LEASE_FILE, LOCK_FILE})
 _WHAT_A_KEY_IS = "a key is one or more '/'-separated names, none of them '.' or '..'"
 
 
@@ -88,7 +95,9 @@ def same_key(recorded: object, key: str) -> bool:
 
 def folder_name(part: str) -> str:
     """The folder name of one name of a canonical key (see the module doc)."""
-    if _PLAIN_RE.fullmatch(part) and not part.endswith("."):
+    if _PLAIN_RE.fullmatch(part) and not (
+        part.endswith(".") or part in _RUN_FILES or MANIFEST_RE.match(part) or part.startswith(TMP_PREFIX)
+    ):
         return part
     # The slug is for people; the digest of the whole name is what keeps the folders apart.
     letters = "".join(c for c in unicodedata.normalize("NFKD", part) if not unicodedata.combining(c))

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from resumable_magic.errors import CheckpointCorruptError
-from resumable_magic.store.keys import key_to_relpath as key_to_relpath
 
 __all__ = [
     "MANIFEST_RE",
@@ -28,7 +27,6 @@ __all__ = [
     "Glance",
     "ReadResult",
     "holds_run",
-    "key_to_relpath",
     "manifest_name",
 ]
 

@@ -64,10 +64,19 @@ def find_folder(directory: Where, key: str) -> Folder:
         if not holds_run(names):
             continue  # no run there (none, or only the folders of nested keys)
         recorded = recorded_key(backend, names)
-        if same_key(recorded, canonical):
-            mine.append((old, backend))
-        elif _own_folder(directory, recorded) != old:  # else: another key's own folder, today too
-            raise _refusal(directory, canonical, old, recorded, new)
+        if not same_key(recorded, canonical):
+            if _own_folder(directory, recorded) != old:  # else: another key's own folder, today too
+                raise _refusal(directory, canonical, old, recorded, new)
+            continue
+        if old.name == "objects" and holds_run(open_backend(old.parent).list("")):
+            # 'a/objects' was run 'a''s blob folder too: moving it would take that run's blobs.
+            found = f"is also the blob folder of the run in {str(old.parent)!r}, which must stay"
+            remedy = (
+                f"Its manifest.*.json files are {canonical!r}'s: delete them, and run this again: "
+                f"{canonical!r} then starts from the beginning in its own folder."
+            )
+            raise LegacyFolderError(canonical, old, recorded, new, found, remedy)
+        mine.append((old, backend))
     if len(mine) > 1:
         found = (
             f"holds run {canonical!r}, and so does {str(mine[0][0])!r} (earlier versions took the key "
