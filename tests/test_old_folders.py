@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from test_keys import LONG, count, expected, run_cli
+from test_keys import LONG, count, expected, run_cli, shell
 
 from resumable_magic import load
 from resumable_magic.distributed.plan import plan_map
@@ -96,6 +96,19 @@ def test_an_old_folder_holding_another_key_is_refused_before_anything_runs(
     assert count("exp/α", tmp_path) == (expected("exp/α"), list(range(8)))
 
 
+def test_the_magic_refuses_it_before_setup_runs(tmp_path: Path) -> None:
+    count("exp/β", tmp_path, stop_at=4)
+    to_old_folder(tmp_path, "exp/β")
+    ip = shell()
+    ip.user_ns.pop("setup_ran", None)
+    result = ip.run_cell(
+        f"%%resumable total --name exp/α --dir {tmp_path}\nsetup_ran = True\ntotal = 0\n"
+        f"for i in range(3):\n    total += i\n"
+    )
+    assert isinstance(result.error_in_exec, LegacyFolderError)
+    assert "setup_ran" not in ip.user_ns
+
+
 def test_an_older_copy_of_a_run_that_has_its_own_folder_is_refused(tmp_path: Path) -> None:
     count("exp/β", tmp_path, stop_at=4)
     old = tmp_path / legacy_relpath("exp/β")
@@ -123,7 +136,9 @@ def test_a_run_whose_old_folder_holds_nested_keys_stays_there(tmp_path: Path) ->
     with pytest.warns(ResumableWarning, match="was moved"):
         assert count("Exp/Inner", tmp_path) == (expected("Exp/Inner"), [2, 3, 4, 5, 6, 7])
     assert (tmp_path / key_to_relpath("Exp/Inner") / "DONE").exists()
-    with pytest.warns(ResumableWarning, match=r"is used there rather than moved.*that folder exists already"):
+    with pytest.warns(
+        ResumableWarning, match=r"is used there rather than moved.*that folder exists already, holding other"
+    ):
         assert load("Exp", dir=tmp_path) == expected("Exp")  # found where it is, each time
 
 

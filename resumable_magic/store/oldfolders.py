@@ -7,9 +7,11 @@ instead of silently starting over, opening a key whose folder changed looks in i
 the new one holds no run yet (keys whose names are all plain keep their folder: nothing is looked up):
 
 * the old folder's newest record names exactly this key: the run is this key's. On a local disk it is
-  moved to the new folder in one atomic rename (never while a live process holds its lease), and the
-  user is told once with a :class:`~resumable_magic.errors.ResumableWarning`; where it cannot be moved
-  in one step (an object store, a live owner), it is used where it is, and said so.
+  moved to the new folder in one atomic rename, and the user is told once with a
+  :class:`~resumable_magic.errors.ResumableWarning`. Where it cannot, or must not, be moved in one step
+  (an object store; a live process holds its lease; the folders of nested keys are in it, whose own
+  old folders would move out of reach; the new folder exists), it is used where it is, and said so.
+  An old ``a/objects`` that is also run ``a``'s blob folder is refused, never moved.
 * it names another key whose folder under today's names is this very folder (``exp/_``, a plain key):
   that run is simply not this one's, and the new folder is used.
 * anything else (another key, a key that cannot be read, two old folders holding this key): refused
@@ -100,11 +102,12 @@ def find_folder(directory: Where, key: str) -> Folder:
             return Folder(canonical, new, old)
         if holds_run(new_backend.list("")) or not holds_run(backend.list("")):
             return Folder(canonical, new)  # another process moved it at the same time
-        why = (
-            "it cannot be moved in one step: that folder exists already"
-            if new_backend.local
-            else "object storage cannot move a folder in one step"
-        )
+        if not new_backend.local:
+            why = "object storage cannot move a folder in one step"
+        elif new_backend.exists(""):
+            why = "that folder exists already, holding other keys' folders"
+        else:
+            why = "the file system refused to rename it"
     _tell(
         f"Run {canonical!r} is in {str(old)!r}, the folder earlier versions of resumable_magic gave it, "
         f"and is used there rather than moved to {str(new)!r}, its folder under this version's names "
