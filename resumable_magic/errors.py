@@ -19,6 +19,8 @@ __all__ = [
     "DaskMissingError",
     "InputsChangedError",
     "IterationMismatchError",
+    "KeyMismatchError",
+    "LegacyFolderError",
     "NoCheckpointError",
     "NoContentIdentityError",
     "NotSerializableError",
@@ -185,6 +187,39 @@ class InputsChangedError(ResumeRefusedError):
             f"was written ({lines}). Either start over with --fresh, or accept the new values and "
             f"{'continue' if finished else 'resume'} with --accept-changes (to extend a run), or give "
             f"each parameter set its own checkpoint with --params NAME ... (or --name)."
+        )
+
+
+class KeyMismatchError(ResumeRefusedError):
+    """A run folder's records name another key than the one it was opened for: it holds another run."""
+
+    def __init__(self, key: str, recorded: object, folder: Any) -> None:
+        # folder: a local Path or a storage.RemotePath (an s3:// URL keeps its form)
+        self.key, self.recorded, self.folder = key, recorded, _path(folder)
+        found = f"run {recorded!r}" if isinstance(recorded, str) else "a run whose records name no key"
+        super().__init__(
+            f"Folder {str(folder)!r} holds {found}, not run {key!r}, so it is not read as {key!r}: that "
+            f"would give another run's values. Nothing was run or changed. If the folder was renamed or "
+            f"copied by hand, give it back its own name (`resumable status` lists each run with its "
+            f"folder), or delete it to start {key!r} over."
+        )
+
+
+class LegacyFolderError(ResumeRefusedError):
+    """The folder an earlier version gave a key holds a run that is not recorded as that key (or is
+    found twice), so whether it is this run's cannot be told: nothing is run. ``found`` says what the
+    folder holds, ``remedy`` what to do (:mod:`resumable_magic.store.oldfolders` words both)."""
+
+    def __init__(
+        self, key: str, folder: Any, recorded: object, new_folder: Any, found: str, remedy: str
+    ) -> None:
+        # folders: local Paths or storage.RemotePaths (an s3:// URL keeps its form)
+        self.key, self.folder, self.recorded = key, _path(folder), recorded
+        self.new_folder = _path(new_folder)
+        super().__init__(
+            f"Run {key!r} has no folder of its own yet ({str(new_folder)!r}), and {str(folder)!r}, the "
+            f"folder earlier versions of resumable_magic gave it, {found}. Nothing was run or changed. "
+            f"{remedy}"
         )
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from checkpoints import newest_position
 
+from resumable_magic.store.keys import key_to_relpath
+
 pytestmark = pytest.mark.kernel
 
 # One iteration = one line in log.txt, written as the iteration's last statement, so the test can
@@ -139,7 +141,12 @@ def test_keys_follow_cell_ids_and_the_notebook(kernel_factory, tmp_path):
     k.run("N = 10")
     k.run(cell, cell_id="cell-aaa")
     k.run(cell, cell_id="cell-bbb")  # same text, another cell: its own checkpoint, not a replay
-    base = tmp_path / ".resumable" / "Analysis.ipynb"
+    # The notebook's name has a capital: its folder name carries a digest (two keys never share one,
+    # even on a disk that ignores case; see store/keys.py).
+    [base] = (tmp_path / ".resumable").iterdir()
+    assert base.name.startswith("Analysis.ipynb~") and base == tmp_path / ".resumable" / key_to_relpath(
+        "Analysis.ipynb"
+    )
     assert sorted(p.name for p in base.iterdir()) == ["cell-cell-aaa", "cell-cell-bbb"]
     edited = k.run(cell.replace("acc += i", "acc += 2 * i"), cell_id="cell-aaa")
     assert "code changed since the checkpoint" in edited.stderr and "Replayed" in edited.stdout

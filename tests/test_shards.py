@@ -216,6 +216,28 @@ def test_a_map_whose_items_were_digested_by_their_pickle_is_still_resumed(
     assert sorted(calls(log)) == [5, 7]  # only the interrupted shard's items after its checkpoint
 
 
+def test_a_maps_shards_in_its_old_folder_are_replayed_and_moved(
+    client: distributed.Client, tmp_path: Path
+) -> None:
+    """A map whose key's folder changed (issue 14: 'Squares' has an upper-case letter): its shards,
+    in the folder an earlier version gave the key, keep their sharding and are replayed, not rerun."""
+    from resumable_magic.errors import ResumableWarning
+    from resumable_magic.store.keys import key_to_relpath, legacy_relpath
+
+    ck, log = tmp_path / "ck", tmp_path / "calls.log"
+    first = resumable_map(
+        logged(log), range(12), key="Squares", dir=ck, shards=3, client=client, progress=False
+    )
+    new, old = ck / key_to_relpath("Squares"), ck / legacy_relpath("Squares")
+    assert [new.name[:8], old.name] == ["Squares~", "Squares"]
+    os.rename(new, old)  # the map's folder as an earlier version named it
+    with pytest.warns(ResumableWarning, match="was moved to") as told:
+        again = resumable_map(logged(log), range(12), key="Squares", dir=ck, client=client, progress=False)
+    assert again == first == serial(range(12)) and len(calls(log)) == 12  # the count found: 3; none rerun
+    assert len(told) == 3 and not old.exists()
+    assert sorted(p.name for p in new.iterdir()) == [f"shard-{i:04d}-of-0003" for i in range(3)]
+
+
 def train(lr: float, seed: int, checkpoint: Callable[..., Any]) -> float:
     """A sweep member with a loop of its own, checkpointed through the sweep's ``checkpoint``."""
     state = {"w": float(seed)}

@@ -102,7 +102,7 @@ def _check_items(items: Any) -> None:
 
 def check_common(func: Callable[..., Any], key: str, every: Any, reduce: Any) -> None:
     from resumable_magic.core.policy import parse_every
-    from resumable_magic.store.layout import key_to_relpath
+    from resumable_magic.store.keys import key_to_relpath
 
     if not callable(func):
         raise OptionError("func", f"a {type(func).__name__}", "pass a function (or any callable)")

@@ -130,6 +130,12 @@ class Backend(Protocol):
         """Remove ``folder`` if it is empty (object stores have no folders: a no-op)."""
         ...
 
+    def move_here(self, source: Where, top: Where) -> bool:
+        """Move the folder ``source`` (under ``top``) to this backend's folder in one atomic rename,
+        creating the folders from ``top`` down to it; False, with nothing changed, where that cannot
+        be done in one step (an object store; this folder exists and is not empty; another device)."""
+        ...
+
     def temporaries(self) -> builtins.list[str]:
         """Names of files left mid-write (``objects/`` ones with their folder), any writer's."""
         ...

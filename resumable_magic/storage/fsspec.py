@@ -258,6 +258,10 @@ class FsspecBackend:
     def remove_folder(self, folder: str = "") -> None:
         """Nothing to remove: an object store has no folders, only the objects' names."""
 
+    def move_here(self, source: Where, top: Where) -> bool:
+        """Never: an object store moves a folder one object at a time, which a crash can cut short."""
+        return False
+
     def temporaries(self) -> builtins.list[str]:
         return []  # one PUT per object: nothing is left half-written
 

@@ -249,6 +249,23 @@ class LocalBackend:
         with contextlib.suppress(OSError):
             self.where(folder).rmdir()  # only an empty one
 
+    def move_here(self, source: Where, top: Where) -> bool:
+        """One ``rename(2)`` of the whole folder: atomic, so a crash leaves it at one name or the
+        other, whole; both parents are then fsynced."""
+        src = Path(str(source))
+        for folder in (top, *folders_down(top, self.path)[:-1]):
+            Path(str(folder)).mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            # Not os.replace: never over a file; over an existing folder only where POSIX allows it,
+            # an empty one.
+            os.rename(src, self.path)
+        except OSError:
+            return False
+        for parent in dict.fromkeys((self.path.parent, src.parent)):
+            with contextlib.suppress(OSError):
+                fsync_dir(parent)
+        return True
+
     def temporaries(self) -> builtins.list[str]:
         return [
             f"{folder}/{name}" if folder else name

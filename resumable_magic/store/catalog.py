@@ -13,8 +13,9 @@ States, decided in this order:
 ``interrupted``  / ``failed``: as recorded in ``outcome.json`` when the last attempt ended.
 ``crashed``      none of the above: the process died without a word (SIGKILL, OOM, power).
 
-Nothing here writes: listing is safe next to live runs (a file that vanishes mid-read is skipped, and
-a generation collected while it is read is retried once).
+Nothing here writes (but :func:`find_run`, which moves a run out of the folder an earlier version
+gave its key, as opening it does): listing is safe next to live runs (a file that vanishes mid-read
+is skipped, and a generation collected while it is read is retried once).
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from resumable_magic.errors import ResumableError
 from resumable_magic.lease.lease import owner_state
 from resumable_magic.storage.base import location, open_backend
 from resumable_magic.storage.paths import RemotePath, Where, relative_posix
-from resumable_magic.store.layout import MANIFEST_RE, Checkpoint
+from resumable_magic.store.keys import key_to_relpath, legacy_relpaths, same_key
+from resumable_magic.store.layout import Checkpoint, holds_run
+from resumable_magic.store.oldfolders import recorded_key
 from resumable_magic.store.runstore import RunStore
 
 __all__ = ["STATES", "RunInfo", "find_run", "list_runs", "names_under", "run_folders"]
@@ -91,7 +94,7 @@ def list_runs(directory: str | os.PathLike[str] | RemotePath) -> list[RunInfo]:
     runs = [
         _inspect(root, _join(root, folder), backend.bytes_in(folder))
         for folder, names in backend.folders()
-        if _holds_run(names)
+        if holds_run(names)
     ]
     runs.sort(key=lambda r: r.updated or 0.0, reverse=True)
     return runs
@@ -100,22 +103,34 @@ def list_runs(directory: str | os.PathLike[str] | RemotePath) -> list[RunInfo]:
 def run_folders(directory: str | os.PathLike[str] | RemotePath) -> list[Where]:
     """The run folders at or under ``directory``: the one walk over a checkpoint folder."""
     root = location(directory)
-    return [_join(root, folder) for folder, names in open_backend(root).folders() if _holds_run(names)]
+    return [_join(root, folder) for folder, names in open_backend(root).folders() if holds_run(names)]
 
 
 def find_run(directory: str | os.PathLike[str] | RemotePath, key: str) -> RunInfo | None:
-    """The run stored under ``key`` (a key as given to the magic), or None when there is none."""
+    """The run stored under ``key`` (a key as given to the magic), or None when there is none.
+
+    Like opening the run, this finds a run in the folder an earlier version gave ``key`` and moves
+    it to its own (:mod:`.oldfolders`), or refuses an old folder that may not be its."""
     root = location(directory)
-    store = RunStore(root, key)  # validates the key (OptionError) and maps it to its folder
-    if not _holds_run(store.backend.list("")):
+    store = RunStore(root, key)  # validates the key (OptionError) and finds its folder
+    if not holds_run(store.backend.list("")):
         return None
     return _inspect(root, store.path, store.backend.bytes_in(""))
 
 
 def names_under(directory: str | os.PathLike[str] | RemotePath, key: str) -> list[str]:
     """The names directly under the folder of ``key`` (a map's shard folders among them); ``[]``
-    when there is no such folder."""
-    return RunStore(directory, key).backend.list("")
+    when there is no such folder. Where an earlier version gave ``key`` another folder, the runs in
+    that one recorded as ``<key>/<name>`` count too: they are this key's, and move when opened."""
+    root = location(directory)
+    names = open_backend(root / key_to_relpath(key)).list("")
+    for relpath in legacy_relpaths(key):
+        for name in open_backend(root / relpath).list(""):
+            child = open_backend(root / relpath / name)
+            listed = child.list("")
+            if holds_run(listed) and same_key(recorded_key(child, listed), f"{key}/{name}"):
+                names.append(name)
+    return list(dict.fromkeys(names))
 
 
 # -- internals -------------------------------------------------------------------------------------
@@ -123,11 +138,6 @@ def names_under(directory: str | os.PathLike[str] | RemotePath, key: str) -> lis
 
 def _join(root: Where, folder: str) -> Where:
     return root / folder if folder else root
-
-
-def _holds_run(names: list[str]) -> bool:
-    # A finished run whose values were dropped keeps only its DONE record.
-    return any(MANIFEST_RE.match(name) or name == "DONE" for name in names)
 
 
 def _newest(store: RunStore) -> tuple[Checkpoint | None, list[str]]:

@@ -2,7 +2,7 @@
 
 ::
 
-    <dir>/<key>/
+    <dir>/<key's folder>/       see :mod:`resumable_magic.store.keys` (``exp/α`` is ``exp/_~<digest>``)
       objects/<xxh3_128 hex>    pickled state; the name is the checksum
       manifest.<gen>.json       position, fingerprints, metadata, the state blob's digest; self-checksummed
       DONE                      completion record: names the final generation; self-checksummed
@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from resumable_magic.errors import CheckpointCorruptError, OptionError
+from resumable_magic.errors import CheckpointCorruptError
 
 __all__ = [
     "MANIFEST_RE",
@@ -27,13 +26,12 @@ __all__ = [
     "Checkpoint",
     "Glance",
     "ReadResult",
-    "key_to_relpath",
+    "holds_run",
     "manifest_name",
 ]
 
 MANIFEST_RE = re.compile(r"^manifest\.(\d+)\.json$")
 OUTCOME_FILE = "outcome.json"
-_KEY_PART_RE = re.compile(r"[^A-Za-z0-9._=,+@-]")
 
 
 def manifest_name(generation: int) -> str:
@@ -41,15 +39,10 @@ def manifest_name(generation: int) -> str:
     return f"manifest.{generation:08d}.json"
 
 
-# -- keys ------------------------------------------------------------------------------------------
-
-
-def key_to_relpath(key: str) -> Path:
-    """A run key (``sweep/lr=0.01``) as a safe relative path; characters outside a small set become ``_``."""
-    parts = [p for p in key.strip().split("/") if p]
-    if not parts or any(p in (".", "..") for p in parts):
-        raise OptionError("--name", key, "a key is one or more '/'-separated names, none of them '.' or '..'")
-    return Path(*(_KEY_PART_RE.sub("_", p)[:120] for p in parts))
+def holds_run(names: list[str]) -> bool:
+    """True when a folder holding ``names`` is a run's: it has a manifest, or a DONE record (a finished
+    run whose values were dropped keeps only that)."""
+    return any(MANIFEST_RE.match(name) or name == "DONE" for name in names)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """One run's checkpoints: commit one atomically, read back the newest good one, collect old ones.
 
-The run folder's files are named in :mod:`.layout`. A checkpoint exists once its manifest is in
+The run folder's files are named in :mod:`.layout`, the folder of a key in :mod:`.keys`. A checkpoint exists once its manifest is in
 place and durable: every file is written whole before it counts (a temporary, fsynced, renamed on
 a disk; one PUT, the manifest's create-only, on an object store), so a crash at any point leaves the
 previous checkpoint intact. Readers take the newest manifest that verifies (its own checksum and
@@ -25,6 +25,7 @@ from typing import Any
 from resumable_magic.errors import (
     CheckpointCorruptError,
     CheckpointFormatError,
+    KeyMismatchError,
     OwnershipLostError,
     UntrustedCheckpointError,
 )
@@ -36,6 +37,8 @@ from resumable_magic.storage.crashpoints import CRASH_STEPS as CRASH_STEPS
 from resumable_magic.storage.crashpoints import crash_point
 from resumable_magic.storage.paths import TMP_PREFIX as TMP_PREFIX
 from resumable_magic.storage.paths import RemotePath, Where, as_where
+from resumable_magic.store.keys import key_to_relpath as key_to_relpath
+from resumable_magic.store.keys import same_key
 from resumable_magic.store.layout import (
     _GLANCE_MAX,
     MANIFEST_RE,
@@ -43,9 +46,9 @@ from resumable_magic.store.layout import (
     Checkpoint,
     Glance,
     ReadResult,
-    key_to_relpath,
     manifest_name,
 )
+from resumable_magic.store.oldfolders import find_folder
 from resumable_magic.store.records import BLOB_HASHES as BLOB_HASHES
 from resumable_magic.store.records import DIGEST_ALGORITHM as DIGEST_ALGORITHM
 from resumable_magic.store.records import FORMAT_VERSION as FORMAT_VERSION
@@ -92,9 +95,17 @@ class RunStore:
     """
 
     def __init__(self, directory: str | os.PathLike[str] | RemotePath, key: str) -> None:
-        self.directory: Where = location(directory)
-        self.key = key
-        self.path: Where = self.directory / key_to_relpath(key)
+        """The store of run ``key`` (taken in canonical form, :func:`.keys.canonical_key`) in its own
+        folder, or in the folder an earlier version gave it (:func:`.oldfolders.find_folder`, which
+        moves it to its own where it can). Every record read is checked to name ``key``."""
+        where = location(directory)
+        found = find_folder(where, key)
+        self._setup(where, found.key, found.path)
+        self.expected_key: str | None = found.key
+        self.moved_from = found.old  # the earlier version's folder the run was found in, if any
+
+    def _setup(self, directory: Where, key: str, path: Where) -> None:
+        self.directory, self.key, self.path = directory, key, path
         self.objects: Where = self.path / "objects"
         self.backend: Backend = open_backend(self.path)
         # Held around every commit: the run's lease mutex, checking the lease is still this process's.
@@ -105,11 +116,13 @@ class RunStore:
     @classmethod
     def at(cls, path: Where, key: str, directory: Where | None = None) -> RunStore:
         """The store in exactly the folder ``path`` (found by listing), whatever its key maps to;
-        ``directory``: the checkpoint folder it was found in (default: the folder above it)."""
+        ``directory``: the checkpoint folder it was found in (default: the folder above it). Its
+        records are not checked against ``key``: a listing passes the folder's name and takes the
+        run's key from its manifest."""
         path = as_where(path)
-        store = cls(path.parent if directory is None else directory, "_")
-        store.key, store.path, store.objects = key, path, path / "objects"
-        store.backend = open_backend(path)
+        store = cls.__new__(cls)
+        store._setup(path.parent if directory is None else directory, key, path)
+        store.expected_key, store.moved_from = None, None
         return store
 
     # -- what the layers above ask of the storage, without asking what kind it is ----------------------
@@ -304,7 +317,7 @@ class RunStore:
         with contextlib.suppress(CheckpointFormatError):  # finished() raises that one
             try:
                 if self.backend.exists("DONE"):
-                    self.unseal("DONE")
+                    self.check_key(self.unseal("DONE"))
             except CheckpointCorruptError as exc:
                 problems.append(exc)  # a damaged DONE is reported here; finished() says "not finished"
         generations = sorted(self._generations(), reverse=True)
@@ -318,6 +331,7 @@ class RunStore:
             try:
                 manifest = self.unseal(self.manifest_name(generation))
                 check_manifest(self._manifest_path(generation), manifest)
+                self.check_key(manifest)
                 if not load_state:
                     self._check_blobs(manifest)
                     return ReadResult(Checkpoint(generation, manifest), problems)
@@ -354,7 +368,7 @@ class RunStore:
         """The completion record of a finished run whose final values ``gc --final-values`` deleted."""
         if not self.backend.exists("DONE"):
             return None
-        record = self.unseal("DONE")
+        record = self.check_key(self.unseal("DONE"))
         return record if record.get("values_dropped") else None
 
     def files(self) -> list[str]:
@@ -369,7 +383,16 @@ class RunStore:
             record = self.unseal("DONE")
         except CheckpointCorruptError:  # reported by read_latest: the final checkpoint resumes instead
             return None
+        self.check_key(record)
         return record if record.get("generation") == latest_generation else None
+
+    def check_key(self, record: dict[str, Any]) -> dict[str, Any]:
+        """``record`` (a manifest or DONE, verified), if it names this store's key; a record of another
+        run is refused (:class:`~resumable_magic.errors.KeyMismatchError`): its values are not this
+        run's. Not checked in a store made by :meth:`at`, whose key the records tell."""
+        if self.expected_key is not None and not same_key(record.get("key"), self.expected_key):
+            raise KeyMismatchError(self.expected_key, record.get("key"), self.path)
+        return record
 
     # -- internals ----------------------------------------------------------------------------------
     manifest_name = staticmethod(manifest_name)
