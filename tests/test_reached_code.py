@@ -64,7 +64,9 @@ def test_a_global_a_function_reads_changed_refuses_naming_it_and_accept_changes_
     refused = fail_then_rerun(runner, "f(i)", "scale = 3\n")
     assert isinstance(refused.error, InputsChangedError), refused
     assert "scale (read by f): 2 then, 3 now" in str(refused.error)
-    assert len(runner.manifests()) == runner.before_rerun and runner.ns["total"] == 2 * sum(range(6))  # nothing ran
+    assert len(runner.manifests()) == runner.before_rerun and runner.ns["total"] == 2 * sum(
+        range(6)
+    )  # nothing ran
     resumed = runner("total", LOOP.replace("CALL", "f(i)"), "--every 2it --accept-changes")
     assert resumed.error is None and "from the checkpoint at iteration 4" in resumed.out
     assert runner.ns["total"] == 2 * sum(range(4)) + 3 * sum(range(4, 10))  # as accepted: mixed
@@ -241,14 +243,21 @@ def test_exec_without_source_falls_back_to_a_digest_without_line_numbers():
 
 def test_recorded_code_round_trips_and_old_texts_have_none():
     block = "for i in x:\n    pass\n" + code_block({"f": "def f():\n    pass", "g": "def g():\n    return 1"})
-    assert split_code(block) == ("for i in x:\n    pass\n", {"f": "def f():\n    pass", "g": "def g():\n    return 1"})
+    assert split_code(block) == (
+        "for i in x:\n    pass\n",
+        {"f": "def f():\n    pass", "g": "def g():\n    return 1"},
+    )
     assert split_code("for i in x:\n    pass\n") == ("for i in x:\n    pass\n", None)
 
 
 def test_a_global_read_by_another_function_now_is_compared_under_its_new_key():
     recorded = {"N": "3", "scale (read by f)": "2", "gone (read by f)": "1", "k= (read by f, default)": "1"}
     now = {"N": 3, "scale (read by g)": 2, "k= (read by f, default)": 1}
-    assert align_recorded(recorded, now) == {"N": "3", "scale (read by g)": "2", "k= (read by f, default)": "1"}
+    assert align_recorded(recorded, now) == {
+        "N": "3",
+        "scale (read by g)": "2",
+        "k= (read by f, default)": "1",
+    }
 
 
 # --- a real kernel ---------------------------------------------------------------------------------
@@ -268,7 +277,9 @@ for i in range(20):
 def test_a_global_changed_between_a_crash_and_the_rerun_is_refused_in_a_real_kernel(kernel, tmp_path):
     cell = KERNEL_CELL.format(ck=tmp_path / "ck")
     # The kill switch is an environment variable (gone with the killed process), not a notebook value.
-    define_f = "import os\nscale = {}\nif {}:\n    os.environ['KILL14'] = '1'\ndef f(x):\n    return x * scale\n"
+    define_f = (
+        "import os\nscale = {}\nif {}:\n    os.environ['KILL14'] = '1'\ndef f(x):\n    return x * scale\n"
+    )
     kernel.run("%load_ext resumable_magic")
     kernel.run(define_f.format(2, True)).check()
     with pytest.raises(KernelDied) as died:

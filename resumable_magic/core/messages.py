@@ -86,7 +86,9 @@ def called_code_change_text(
     then = "replaying the finished run's result" if finished else "resuming with the new code"
     return (
         f"code the loop calls changed since the checkpoint was written ({when(created)}): "
-        f"{', '.join(changed)}; {then}. Changes:\n    " + "\n    ".join(parts) + more
+        f"{', '.join(changed)}; {then}. Changes:\n    "
+        + "\n    ".join(parts)
+        + more
         + "\n  Use --fresh to start over with the new code."
     )
 

@@ -92,9 +92,10 @@ def _source(code: types.CodeType) -> str:
         tree = ast.parse(text)
         first = tree.body[0] if tree.body else None
         # A file changed on disk since the function was compiled gives another text at its old line.
-        if isinstance(first, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            if first.name == code.co_name:
-                return ast.unparse(tree)
+        if isinstance(first, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and (
+            first.name == code.co_name
+        ):
+            return ast.unparse(tree)
     except (OSError, TypeError, SyntaxError, IndexError):
         pass  # no source (exec'd text, a lambda inside an expression): the compiled code stands in
     return f"<source not available: compiled code {_code_digest(code)}>"
@@ -209,7 +210,7 @@ class _Walk:
                 self.visit(value, name)
             elif name not in self.exclude:
                 self.value(f"{name} (read by {owner})", value)
-        for name, cell in zip(code.co_freevars, fn.__closure__ or ()):
+        for name, cell in zip(code.co_freevars, fn.__closure__ or (), strict=True):
             try:
                 content = cell.cell_contents
             except ValueError:
@@ -219,7 +220,7 @@ class _Walk:
             else:
                 self.value(f"{name} (read by {owner}, captured)", content)
         names = code.co_varnames[code.co_argcount - len(fn.__defaults__ or ()) : code.co_argcount]
-        for name, default in zip(names, fn.__defaults__ or ()):
+        for name, default in zip(names, fn.__defaults__ or (), strict=True):
             self.value(f"{name}= (read by {owner}, default)", default)
             self.visit(default, name)
         for name, default in (fn.__kwdefaults__ or {}).items():
