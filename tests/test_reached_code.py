@@ -296,3 +296,15 @@ def test_a_global_changed_between_a_crash_and_the_rerun_is_refused_in_a_real_ker
     assert "from the checkpoint at iteration" in resumed.stdout and "total 380" in resumed.stdout, (
         resumed.describe()
     )
+
+
+def test_enums_dataclasses_and_library_wrappers_are_walked_once_and_stably():
+    source = (
+        "import dataclasses, enum\n@dataclasses.dataclass\nclass C:\n    a: int = 1\n"
+        "    def go(self):\n        return self.a\nclass E(enum.Enum):\n    X = 1\n    Y = 2\n"
+    )
+    first, moved = _notebook(source), _notebook("\n\n" + source)
+    found = reach(["C", "E"], first)  # an enum's members are instances of it: no endless walk
+    assert found.code == reach(["C", "E"], moved).code and "C.go" in found.code
+    # dataclasses' repr wrapper (functools.wraps gave it the notebook's module) is library code.
+    assert not any("wrapper" in name or "repr_running" in name for name in [*found.code, *found.values])

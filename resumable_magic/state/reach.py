@@ -74,6 +74,21 @@ def _is_user_file(path: str | None, root: str) -> bool:
     )
 
 
+def _library_file(path: str) -> bool:
+    """A file of Python's or of an installed package (a wrapper ``functools.wraps`` gave a notebook
+    function's ``__module__`` is still library code)."""
+    if path.startswith("<"):
+        return False
+    real = os.path.realpath(path)
+    parts = real.split(os.sep)
+    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    return (
+        "site-packages" in parts
+        or "dist-packages" in parts
+        or any(real.startswith(p + os.sep) for p in prefixes)
+    )
+
+
 def _code_digest(code: types.CodeType) -> str:
     """A digest of a code object that ignores line numbers and file names."""
 
@@ -186,11 +201,12 @@ class _Walk:
         elif isinstance(obj, types.ModuleType):
             self.module(obj)
         elif self.is_user(type(obj)):  # an instance of a user class: the loop calls its live methods
-            self.klass(type(obj))
+            self.seen.add(id(obj))
+            self.visit(type(obj), label)
 
     def function(self, fn: types.FunctionType) -> None:
         wrapped = getattr(fn, "__wrapped__", None)
-        if not self.is_user(fn):
+        if not self.is_user(fn) or _library_file(fn.__code__.co_filename):
             self.seen.add(id(fn))
             if wrapped is not None:  # a library decorator around the user's function
                 self.visit(wrapped, getattr(wrapped, "__qualname__", "?"))
@@ -272,7 +288,10 @@ def reach(
     walk = _Walk(namespace, exclude, os.path.realpath(root if root is not None else os.getcwd()))
     for name in sorted(names):
         if name in namespace:
-            walk.visit(namespace[name], name)
+            try:
+                walk.visit(namespace[name], name)
+            except Exception:  # an object that resists inspection: what was found until then stays
+                continue
     values = {
         key: value
         for key, value in walk.found.values.items()
