@@ -17,6 +17,7 @@ from typing import Any
 from resumable_magic.core.cellsplit import (
     COUNTER_VAR,
     LOOP_VAR,
+    bound_names,
     compile_cell,
     free_names,
     iterable_names,
@@ -30,6 +31,7 @@ from resumable_magic.core.unnamed import watchable
 from resumable_magic.errors import OptionError
 from resumable_magic.progress.model import ProgressModel
 from resumable_magic.state.fingerprint import param_record, param_text
+from resumable_magic.state.reach import code_block, reach
 
 
 def run_cell(
@@ -51,7 +53,8 @@ def run_cell(
 ) -> Resumable:
     """Run ``source`` (setup, one top-level loop, teardown) resumably in ``namespace``.
 
-    ``code`` is the text compared across runs to warn about edits (default: ``source``). A final bare
+    ``code`` is the text compared across runs to warn about edits (default: ``source``; the code the
+    loop can reach is appended, see :mod:`resumable_magic.state.reach`). A final bare
     expression in teardown is shown through ``sys.displayhook``, as a cell's value. ``params`` names
     variables (defined before the cell or in its setup) whose values become part of the key, so runs
     with different parameters keep separate checkpoints; setup then runs before the checkpoint is
@@ -60,7 +63,13 @@ def run_cell(
     __tracebackhide__ = True
     plan = split_cell(source, line_offset=line_offset)
     compiled = compile_cell(plan, filename)  # a statement that cannot stand there: refused before setup
-    inputs = {n: namespace[n] for n in free_names(plan) if n in namespace}
+    free = free_names(plan)
+    inputs = {n: namespace[n] for n in free if n in namespace}
+    # The code the loop calls (notebook and user-module functions, classes, ...) is
+    # compared as code, and the values it reads as inputs (those the cell binds or names are not).
+    bound = bound_names([*plan.setup, plan.loop, *plan.teardown])
+    reached = reach(free | set(names), namespace, exclude={*inputs, *names, *bound, *params})
+    inputs.update(reached.values)
     if params:
         # The key depends on values setup may assign: run setup first, then find the checkpoint.
         exec(compiled.setup, namespace)
@@ -75,7 +84,7 @@ def run_cell(
         accept_changes=accept_changes,
         inputs=inputs,
         params={n: param_record(namespace[n]) for n in params},
-        code=code if code is not None else source,
+        code=(code if code is not None else source) + code_block(reached.code),
         progress=progress,
         header=plan.header,
         final_names=plan.target_names,

@@ -17,6 +17,7 @@ from resumable_magic.progress.text import format_duration, format_size
 __all__ = [
     "INTERRUPT_TEXT",
     "accepted_changes_text",
+    "called_code_change_text",
     "code_change_text",
     "disk_space_text",
     "replay_text",
@@ -73,6 +74,34 @@ def unnamed_change_text(names: Sequence[str]) -> str:
         f"code shows), defined before the loop but not named as state: after a crash {they} would "
         f"come back as the loop found {it}, not as it left {it}. Add {it} to the names if the "
         f"result depends on {it}."
+    )
+
+
+def called_code_change_text(
+    old: Mapping[str, str], new: Mapping[str, str], created: float, finished: bool
+) -> str:
+    """The functions the loop calls whose code changed, each with the lines that did."""
+    changed = sorted(n for n in {*old, *new} if old.get(n) != new.get(n))
+    parts = []
+    for name in changed[:5]:
+        diff = [
+            line
+            for line in difflib.unified_diff(
+                old.get(name, "").splitlines(), new.get(name, "").splitlines(), lineterm="", n=0
+            )
+            if line[:1] in "+-" and not line.startswith(("+++", "---"))
+        ]
+        state = " (no longer called)" if name not in new else " (newly called)" if name not in old else ""
+        shown = "\n      ".join(diff[:8]) + ("\n      ..." if len(diff) > 8 else "")
+        parts.append(f"{name}{state}:\n      {shown}")
+    more = f"\n    ... and {len(changed) - 5} more" if len(changed) > 5 else ""
+    then = "replaying the finished run's result" if finished else "resuming with the new code"
+    return (
+        f"code the loop calls changed since the checkpoint was written ({when(created)}): "
+        f"{', '.join(changed)}; {then}. Changes:\n    "
+        + "\n    ".join(parts)
+        + more
+        + "\n  Use --fresh to start over with the new code."
     )
 
 

@@ -33,6 +33,7 @@ from resumable_magic.progress.model import ProgressModel
 from resumable_magic.progress.snapshots import ResumeInfo
 from resumable_magic.state import rng
 from resumable_magic.state.fingerprint import inputs_changed, item_matches
+from resumable_magic.state.reach import align_recorded, split_code
 from resumable_magic.state.serialize import decode_state
 from resumable_magic.storage.base import location
 from resumable_magic.storage.paths import Where
@@ -116,9 +117,7 @@ def find_start(
     _check_inputs(checkpoint, inputs, progress, accept_changes=accept_changes, finished=done is not None)
     old_code = checkpoint.manifest.get("code")
     if code is not None and old_code is not None and old_code != code:
-        progress.message(
-            "warning", messages.code_change_text(old_code, code, checkpoint.created, done is not None)
-        )
+        _warn_code_change(old_code, code, checkpoint.created, done is not None, progress)
     start.checkpoint, start.done = checkpoint, done
     start.history = list(checkpoint.manifest.get("history") or [])
     outcome = store.read_outcome() or {}
@@ -144,11 +143,24 @@ def _check_inputs(
     accept_changes: bool,
     finished: bool,
 ) -> None:
-    changes = inputs_changed(checkpoint.manifest.get("inputs") or {}, inputs)
+    # A global recorded as read by one function is compared under the key it has now.
+    changes = inputs_changed(align_recorded(checkpoint.manifest.get("inputs") or {}, inputs), inputs)
     if changes and not accept_changes:
         raise InputsChangedError(changes, finished)
     if changes:
         progress.message("info", messages.accepted_changes_text(changes))
+
+
+def _warn_code_change(old: str, new: str, created: float, finished: bool, progress: ProgressModel) -> None:
+    """Warn about the cell's edits and, separately, about the code it calls; a
+    checkpoint that recorded no code the loop calls (an older version's) is compared on the cell."""
+    old_cell, old_called = split_code(old)
+    new_cell, new_called = split_code(new)
+    if old_cell != new_cell:
+        progress.message("warning", messages.code_change_text(old_cell, new_cell, created, finished))
+    if old_called is not None and old_called != (new_called or {}):
+        text = messages.called_code_change_text(old_called, new_called or {}, created, finished)
+        progress.message("warning", text)
 
 
 def skip_completed(
