@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import CodeType
 
@@ -16,6 +17,7 @@ from resumable_magic.errors import CellStructureError
 LOOP_VAR = "_resumable_loop_"
 COUNTER_VAR = "_resumable_n_"
 _LOOPS = (ast.For, ast.While)
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
 
 # Methods that change their object in place: calling one on an unnamed variable inside the loop loses
 # the change after a crash. Deliberately the common ones, not every method call.
@@ -188,27 +190,14 @@ def compile_cell(plan: CellPlan, filename: str) -> CompiledCell:
 
 
 def _refuse_await(plan: CellPlan) -> None:
-    for statement in [*plan.setup, plan.loop, *plan.teardown]:
-        for node in _outside_functions(statement):
-            if isinstance(node, (ast.Await, ast.AsyncFor, ast.AsyncWith)):
-                raise CellStructureError(
-                    f"Line {node.lineno} of the cell: `await` (or `async for`/`async with`) cannot be used "
-                    f"in a %%resumable cell, whose code the magic runs itself, outside IPython's event "
-                    f"loop; run the awaited work with asyncio.run(...) inside the loop, or in a plain "
-                    f"cell. Nothing was run."
-                )
-
-
-def _outside_functions(node: ast.AST) -> list[ast.AST]:
-    """``node`` and the nodes below it that are not inside a nested function or lambda."""
-    found, stack = [], [node]
-    while stack:
-        current = stack.pop()
-        found.append(current)
-        for child in ast.iter_child_nodes(current):
-            if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-                stack.append(child)
-    return found
+    for node in _in_scope([*plan.setup, plan.loop, *plan.teardown]):
+        if isinstance(node, (ast.Await, ast.AsyncFor, ast.AsyncWith)):
+            raise CellStructureError(
+                f"Line {node.lineno} of the cell: `await` (or `async for`/`async with`) cannot be used "
+                f"in a %%resumable cell, whose code the magic runs itself, outside IPython's event "
+                f"loop; run the awaited work with asyncio.run(...) inside the loop, or in a plain "
+                f"cell. Nothing was run."
+            )
 
 
 def split_last_expression(statements: list[ast.stmt]) -> tuple[list[ast.stmt], ast.Expr | None]:
@@ -280,21 +269,31 @@ def iterable_names(plan: CellPlan) -> set[str]:
 def loop_reads(plan: CellPlan) -> set[str]:
     """Names the loop's body (and a ``while`` loop's condition) reads, outside nested functions and
     classes; not a ``for`` loop's iterable, whose position the resume reproduces itself."""
-    found: set[str] = set()
+    return {
+        node.id
+        for node in _in_scope(_loop_parts(plan))
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)
+    }
 
-    def visit(node: ast.AST) -> None:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
-            return
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
-            found.add(node.id)
-        for child in ast.iter_child_nodes(node):
-            visit(child)
 
-    for statement in [*plan.loop.body, *plan.loop.orelse]:
-        visit(statement)
+def _loop_parts(plan: CellPlan) -> list[ast.AST]:
+    """What runs at every iteration: the body, ``else``, and a ``while`` loop's condition."""
+    parts: list[ast.AST] = [*plan.loop.body, *plan.loop.orelse]
     if isinstance(plan.loop, ast.While):
-        visit(plan.loop.test)
-    return found
+        parts.append(plan.loop.test)
+    return parts
+
+
+def _in_scope(nodes: list[ast.AST]) -> Iterator[ast.AST]:
+    """``nodes`` and everything below them, but not inside nested functions, classes and lambdas
+    (scopes of their own)."""
+    stack = list(reversed(nodes))
+    while stack:
+        node = stack.pop()
+        if isinstance(node, _SCOPES):
+            continue
+        yield node
+        stack.extend(reversed(list(ast.iter_child_nodes(node))))
 
 
 def unnamed_changes(plan: CellPlan, existing: set[str], state: set[str]) -> dict[str, int]:
@@ -316,9 +315,7 @@ def unnamed_changes(plan: CellPlan, existing: set[str], state: set[str]) -> dict
         if name and name in defined and name not in ignore:
             found.setdefault(name, getattr(node, "lineno", 0))
 
-    def visit(node: ast.AST) -> None:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
-            return
+    for node in _in_scope(_loop_parts(plan)):
         if isinstance(node, ast.AugAssign):
             note(_root_name(node.target), node, before)
         elif isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
@@ -331,11 +328,4 @@ def unnamed_changes(plan: CellPlan, existing: set[str], state: set[str]) -> dict
             and node.func.attr in MUTATING_METHODS
         ):
             note(_root_name(node.func.value), node, before)
-        for child in ast.iter_child_nodes(node):
-            visit(child)
-
-    for statement in [*plan.loop.body, *plan.loop.orelse]:
-        visit(statement)
-    if isinstance(plan.loop, ast.While):
-        visit(plan.loop.test)
     return dict(sorted(found.items(), key=lambda item: item[1]))
