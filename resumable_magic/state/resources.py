@@ -13,9 +13,9 @@ The first checkpoint is written before the loop runs, so the loop never starts w
 What is decided here, and why:
 
 - a file open for writing, appending or updating (mode with ``w``, ``a``, ``x`` or ``+``) on a regular
-  file: refused. A file open for reading keeps what dill does: it is reopened at its position. Closed
-  files, the standard streams, devices and pipes are left as they were (nothing of theirs can
-  disagree with a checkpoint);
+  file: refused. A file open for reading is reopened at its position (:mod:`.files`). Closed files,
+  the standard streams, devices and pipes are left as they were (nothing of theirs can disagree with
+  a checkpoint);
 - ``numpy.memmap``: mode ``r+`` or ``w+`` refused (saving the file's content would mean writing it
   back on restore: changing a file outside the process); mode ``r`` is reopened on restore (the map is
   a live, read-only view of the file, as the reopened one is); mode ``c`` (copy-on-write: its writes
@@ -36,6 +36,8 @@ import stat
 import sys
 from collections.abc import Callable
 from typing import Any
+
+from resumable_magic.state.files import is_standard_stream
 
 __all__ = ["ExternalResource", "Scan", "check_for", "reduce_memmap"]
 
@@ -117,8 +119,7 @@ def _check_file(handle: Any, scan: Scan) -> None:
     try:
         if handle.closed or not handle.writable():
             return
-        descriptor = handle.fileno()
-        if descriptor in (0, 1, 2) or not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        if is_standard_stream(handle) or not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
             return  # the standard streams, a terminal, a pipe, /dev/null: as dill does
     except (ValueError, OSError):  # detached, or no file descriptor (io.UnsupportedOperation)
         return

@@ -55,6 +55,7 @@ from resumable_magic.state.byvalue import (
 from resumable_magic.state.byvalue import _make_class as _make_class  # named by checkpoints written before
 from resumable_magic.state.byvalue import _set_class_state as _set_class_state  # byvalue.py existed
 from resumable_magic.state.culprit import find_culprit
+from resumable_magic.state.files import reduce_file
 from resumable_magic.state.resources import ExternalResource, Scan, check_for, reduce_memmap
 
 __all__ = [
@@ -76,13 +77,10 @@ OUT_OF_BAND_MIN = 64 * 1024
 
 # Types that neither the C pickler nor cloudpickle handle and dill does (an open file: dill reopens it,
 # where cloudpickle would turn a readable text file into a StringIO of its content). Dead weakrefs too.
+_FILES = (io.TextIOWrapper, io.BufferedReader, io.BufferedWriter, io.BufferedRandom, io.FileIO)
 _DILL_ONLY = (
     _thread.LockType,
-    io.TextIOWrapper,
-    io.BufferedReader,
-    io.BufferedWriter,
-    io.BufferedRandom,
-    io.FileIO,
+    *_FILES,
     functools._lru_cache_wrapper,
     super,
     type(dict.__dict__["fromkeys"]),  # classmethod_descriptor
@@ -109,6 +107,13 @@ def _reduce_by_dill(obj: Any) -> Any:
     file = io.BytesIO()
     _DillPickler(file).dump(obj)
     return _from_dill, (file.getvalue(),)
+
+
+def _reduce_file(handle: Any) -> Any:
+    # A file open for writing was refused before (resources.py); one open for reading is reopened at
+    # its position (files.py); the rest (closed, standard streams, no path) as dill does.
+    reduced = reduce_file(handle)
+    return reduced if reduced is not None else _reduce_by_dill(handle)
 
 
 def _reduce_rlock(lock: Any) -> Any:
@@ -140,6 +145,7 @@ def _reduce_ndarray(array: Any) -> Any:
 _REDUCERS: dict[type, Callable[[Any], Any]] = {
     **cloudpickle.Pickler._dispatch_table,
     **dict.fromkeys(_DILL_ONLY, _reduce_by_dill),
+    **dict.fromkeys(_FILES, _reduce_file),
     _thread.RLock: _reduce_rlock,
     weakref.ReferenceType: _reduce_weakref,
     memoryview: _buffers.reduce_memoryview,  # cloudpickle's turns a memoryview into bytes
