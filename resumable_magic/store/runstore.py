@@ -353,8 +353,6 @@ class RunStore:
         if blob.name != name:
             raise CheckpointCorruptError(self.objects / str(name), "its checksum does not match its content")
         self.backend.mark_verified(name)  # an unchanged blob need not be stored (nor read) again
-        if blob.strong:
-            remember_strong(name, blob.strong)  # nor its BLAKE3 computed again
         return blob
 
     def _check_blobs(self, manifest: dict[str, Any]) -> None:
