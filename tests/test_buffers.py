@@ -175,3 +175,21 @@ def test_out_of_band_bytes_are_views_of_the_objects_not_copies():
     assert buffer[5] == 9 and buffer.readonly
     restored = decode_state(encoded.stream, [bytes(buffer)])  # read-only given: one copy, as a bytearray
     assert type(restored["d"]) is bytearray and restored["twice"][1] is restored["d"]
+
+
+def test_a_memoryview_that_cannot_be_cut_again_from_its_exporter_is_refused_not_copied():
+    """A reversed view of a bytearray cannot be rebuilt by slicing the restored bytearray; a copy
+    would silently stop sharing its memory, so it is refused, named. A read-only view of bytes is
+    copied: nothing can write through it, so nothing is lost."""
+    import pytest
+
+    from resumable_magic.errors import NotSerializableError
+    from resumable_magic.state.serialize import decode_state, encode_state
+
+    data = bytearray(range(256)) * 1024
+    with pytest.raises(NotSerializableError, match=r"'backwards'.*memoryview of part of a bytearray"):
+        encode_state({"data": data, "backwards": memoryview(data)[::-1]})
+    frozen = bytes(data)
+    encoded = encode_state({"backwards": memoryview(frozen)[::-1]})
+    restored = decode_state(encoded.stream, encoded.buffers)["backwards"]
+    assert restored.readonly and restored.tobytes() == frozen[::-1]
