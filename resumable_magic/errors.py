@@ -17,6 +17,7 @@ __all__ = [
     "CheckpointFormatError",
     "CheckpointWriteError",
     "DaskMissingError",
+    "ExternalResourceError",
     "InputsChangedError",
     "IterationMismatchError",
     "KeyMismatchError",
@@ -114,6 +115,27 @@ class NotSerializableError(ResumableError, TypeError):
             f"Cannot checkpoint {name!r}: dill cannot pickle {where} ({reason}). "
             f"Name fewer variables, or make the object picklable (define __getstate__/__reduce__, "
             f"or keep the unpicklable part outside the named state)."
+        )
+
+
+class ExternalResourceError(NotSerializableError):
+    """A named variable holds a view of something outside the process (a file open for writing, a
+    writable memory map, a socket, a database connection, a pool, a running thread or process): no
+    checkpoint can capture it, and after a crash the restored value would not match it. Raised by the
+    first checkpoint, before the loop runs. ``resource`` (also ``reason``) says what it is."""
+
+    def __init__(self, name: str, path: str, resource: str, consequence: str = "", remedy: str = "") -> None:
+        self.name, self.path, self.reason, self.resource = name, path, resource, resource
+        subject = "it" if path == name else path
+        consequence = (
+            consequence
+            or "no checkpoint can capture it, so after a crash it would not match the restored state"
+        )
+        remedy = remedy or "Create it inside the loop (or close it before the loop and reopen it in the loop)"
+        ResumableError.__init__(
+            self,
+            f"Cannot checkpoint {name!r}: {subject} is {resource}: {consequence}. {remedy}. Name fewer "
+            f"variables, or keep it out of the named ones.",
         )
 
 

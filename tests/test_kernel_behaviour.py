@@ -293,3 +293,62 @@ def test_items_holding_sets_of_strings_resume_in_a_kernel_with_another_hash_seed
     assert k.eval("len(seen), seen == [(i, f'tag{i}-0', 4) for i in range(40)]") == "(40, True)"
     # Every iteration ran; those after the checkpoint again, none before it.
     assert logged(tmp_path)[len(done_before) :] == list(range(position, 40))
+
+
+def test_a_file_open_for_writing_is_refused_before_the_loop_runs(kernel, tmp_path):
+    """Issue 14, class 5, through the magic in a real kernel: setup runs, the loop does not."""
+    load_ext(kernel)
+    cell = (
+        "%%resumable log total --name log --dir ck\n"
+        "log = open('out.txt', 'a')\ntotal = 0\nprint('setup ran')\n"
+        "for i in range(5):\n    log.write(f'{i}\\n')\n    total += i\n"
+    )
+    result = kernel.execute(cell)
+    assert result.error is not None and result.error.ename == "ExternalResourceError", result.describe()
+    assert (
+        "Cannot checkpoint 'log': it is a file open for writing ('out.txt', mode 'a')" in result.error.evalue
+    )
+    assert "Traceback" not in result.output  # one paragraph, as every error of the library
+    assert "setup ran" in result.stdout and kernel.eval("total") == "0"  # the loop never ran
+    kernel.run("log.close()")
+    assert (tmp_path / "out.txt").read_text() == ""
+    assert not list((tmp_path / "ck" / "log").glob("manifest.*"))
+
+
+BYTES_LOOP = """\
+%%resumable data views total --name bytes --dir ck --every 3it
+import hashlib, time
+data = bytearray(8 << 20)
+views = [memoryview(data)[i * 4096 : (i + 1) * 4096] for i in range(8)]
+total = 0
+for i in range(60):
+    views[i % 8][i] = i % 251
+    data[-1 - i] = 7
+    total += sum(views[i % 8][:64])
+    time.sleep(0.02)
+print("FINAL", hashlib.sha256(data).hexdigest(), total, all(v.obj is data for v in views))
+"""
+
+
+def test_a_bytearray_and_its_views_resume_exactly_after_a_kill(kernel, tmp_path):
+    """A bytearray of the state (out of band, restored into a bytearray, not copied) and memoryviews of
+    it: after SIGKILL and a restart, the resumed run ends where an uninterrupted one does."""
+    load_ext(kernel)
+    msg = kernel.execute_async(BYTES_LOOP)
+    kernel.wait_for(lambda: (newest_position(tmp_path / "ck" / "bytes") or 0) >= 12)
+    assert not kernel.partial(msg).done
+    kernel.kill()
+    kernel.restart()
+    load_ext(kernel)
+    resumed = kernel.run(BYTES_LOOP)
+    assert "Resumed" in resumed.stdout or "from the checkpoint" in resumed.stdout, resumed.describe()
+    expected = bytearray(8 << 20)
+    views = [memoryview(expected)[i * 4096 : (i + 1) * 4096] for i in range(8)]
+    total = 0
+    for i in range(60):
+        views[i % 8][i] = i % 251
+        expected[-1 - i] = 7
+        total += sum(views[i % 8][:64])
+    import hashlib
+
+    assert f"FINAL {hashlib.sha256(expected).hexdigest()} {total} True" in resumed.stdout

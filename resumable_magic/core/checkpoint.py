@@ -20,6 +20,7 @@ from resumable_magic.core.iteration import MISSING
 from resumable_magic.core.policy import CheckpointPolicy
 from resumable_magic.errors import (
     CheckpointWriteError,
+    ExternalResourceError,
     NotSerializableError,
     OwnershipLostError,
     RunFolderGoneError,
@@ -182,6 +183,10 @@ class Checkpointer:
             self._committed(result["ok"], writer.position, writer.stall, background=True)
             return
         attrs = result.get("attrs") or {}
+        if result.get("error") == "ExternalResourceError":
+            raise ExternalResourceError(
+                str(attrs.get("name")), str(attrs.get("path")), str(attrs.get("reason"))
+            )
         if result.get("error") == "NotSerializableError":
             raise NotSerializableError(
                 str(attrs.get("name")), str(attrs.get("path")), str(attrs.get("reason"))

@@ -47,6 +47,7 @@ from resumable_magic.progress.model import ProgressModel
 from resumable_magic.progress.snapshots import ResumeInfo, StartInfo
 from resumable_magic.progress.textview import TextProgress
 from resumable_magic.state.fingerprint import fingerprint_inputs
+from resumable_magic.state.serialize import check_state
 from resumable_magic.store.runstore import RunStore
 
 __all__ = ["Resumable"]
@@ -285,7 +286,14 @@ class Resumable:
             self._take_checkpoint(_MISSING, first=True)
             self.next_at = self.policy.next_due_at(self.checkpoints.last_position)
             return
-        put_back(self._payload(), self.namespace, self.names + (self.final_names if self.replayed else ()))
+        payload = self._payload()
+        if not self.replayed:
+            # Variables named since the checkpoint was written keep setup's values: checked now as
+            # the first checkpoint checks them, before the loop resumes (a file open for writing...).
+            check_state(
+                {n: self.namespace[n] for n in self.names if n not in payload and n in self.namespace}
+            )
+        put_back(payload, self.namespace, self.names + (self.final_names if self.replayed else ()))
         if self.replayed:
             self.lease.release(undo=True)  # a replay only reads
             finished_at = (self._start.done or {}).get("finished", checkpoint.created)

@@ -15,41 +15,56 @@ pickler's speed. Its ``reducer_override`` sends by value what must go by value:
   that one object is pickled by dill and embedded. If the fast pass still fails, a second pass asks
   every object's own reduction and hands what fails to dill.
 
-Large contiguous buffers (numpy arrays, ``PickleBuffer``) can go out of band: :func:`encode_state`
-returns the stream and memoryviews of the buffers, without copying them, for the store to write
-straight to disk. On failure the error names the variable and the path to the offending object.
+Large contiguous buffers (numpy arrays, ``bytes``, ``bytearray``, ``memoryview``, ``array.array``,
+``PickleBuffer``) can go out of band: :func:`encode_state` returns the stream and memoryviews of the
+buffers, without copying them, for the store to write straight to disk (``bytes`` and ``bytearray``
+need a trick, see :mod:`.buffers`). On failure the error names the variable and the path to the
+offending object; an object that is a view of something outside the process (a file open for
+writing, a writable memory map, a socket, ...: :mod:`.resources`) is refused by name.
 """
 
 from __future__ import annotations
 
 import _thread
-import contextlib
+import array
 import contextvars
 import copyreg
 import functools
-import importlib
 import io
 import pickle
-import sys
 import types
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import cloudpickle
 import dill
-import dill._dill as _dill_internals
 import xxhash
 from cloudpickle import cloudpickle as _cp
 
-from resumable_magic.errors import NotSerializableError
+from resumable_magic.errors import ExternalResourceError, NotSerializableError
+from resumable_magic.state import buffers as _buffers
+from resumable_magic.state.byvalue import (
+    _create_type_or_live,
+    _make_function,
+    _set_function_state,
+    module_of_namespace,
+    reduce_class,
+)
+from resumable_magic.state.byvalue import _make_class as _make_class  # named by checkpoints written before
+from resumable_magic.state.byvalue import _set_class_state as _set_class_state  # byvalue.py existed
+from resumable_magic.state.culprit import find_culprit
+from resumable_magic.state.files import reduce_file
+from resumable_magic.state.resources import ExternalResource, Scan, check_for, reduce_memmap
 
 __all__ = [
     "OUT_OF_BAND_MIN",
     "PROTOCOL",
     "EncodedState",
     "buffer_digest",
+    "buffer_kinds",
+    "check_state",
     "decode_state",
     "dumps_state",
     "encode_state",
@@ -59,17 +74,13 @@ __all__ = [
 PROTOCOL = 5
 OUT_OF_BAND_MIN = 64 * 1024
 """Contiguous buffers at least this large go out of band; smaller ones stay in the stream."""
-_MAX_PATH_DEPTH = 12
 
 # Types that neither the C pickler nor cloudpickle handle and dill does (an open file: dill reopens it,
 # where cloudpickle would turn a readable text file into a StringIO of its content). Dead weakrefs too.
+_FILES = (io.TextIOWrapper, io.BufferedReader, io.BufferedWriter, io.BufferedRandom, io.FileIO)
 _DILL_ONLY = (
     _thread.LockType,
-    io.TextIOWrapper,
-    io.BufferedReader,
-    io.BufferedWriter,
-    io.BufferedRandom,
-    io.FileIO,
+    *_FILES,
     functools._lru_cache_wrapper,
     super,
     type(dict.__dict__["fromkeys"]),  # classmethod_descriptor
@@ -78,8 +89,31 @@ _DILL_ONLY = (
 _PLAIN = object()  # _classify's answer for a type the C pickler reduces by itself
 
 
+class _DillPickler(dill.Pickler):
+    """dill, refusing what :mod:`.resources` refuses in the objects it pickles too."""
+
+    def __init__(self, file: Any) -> None:
+        super().__init__(file, PROTOCOL)
+        self._scan = Scan()
+
+    def reducer_override(self, obj: Any) -> Any:
+        check = check_for(type(obj))
+        if check is not None:
+            check(obj, self._scan)
+        return NotImplemented
+
+
 def _reduce_by_dill(obj: Any) -> Any:
-    return _from_dill, (dill.dumps(obj, protocol=PROTOCOL),)
+    file = io.BytesIO()
+    _DillPickler(file).dump(obj)
+    return _from_dill, (file.getvalue(),)
+
+
+def _reduce_file(handle: Any) -> Any:
+    # A file open for writing was refused before (resources.py); one open for reading is reopened at
+    # its position (files.py); the rest (closed, standard streams, no path) as dill does.
+    reduced = reduce_file(handle)
+    return reduced if reduced is not None else _reduce_by_dill(handle)
 
 
 def _reduce_rlock(lock: Any) -> Any:
@@ -111,8 +145,11 @@ def _reduce_ndarray(array: Any) -> Any:
 _REDUCERS: dict[type, Callable[[Any], Any]] = {
     **cloudpickle.Pickler._dispatch_table,
     **dict.fromkeys(_DILL_ONLY, _reduce_by_dill),
+    **dict.fromkeys(_FILES, _reduce_file),
     _thread.RLock: _reduce_rlock,
     weakref.ReferenceType: _reduce_weakref,
+    memoryview: _buffers.reduce_memoryview,  # cloudpickle's turns a memoryview into bytes
+    array.array: _buffers.reduce_array,
 }
 
 
@@ -136,9 +173,11 @@ def encode_state(state: Mapping[str, Any], *, out_of_band_min: int = OUT_OF_BAND
     """Pickle ``state`` (name -> value) as one object graph, large buffers out of band.
 
     Contiguous buffers of at least ``out_of_band_min`` bytes that their objects offer to pickle
-    protocol 5 (numpy arrays of non-object dtype, ``PickleBuffer``) are returned as memoryviews in
-    ``buffers`` and are not copied; the rest stays in ``stream``. Raises NotSerializableError naming
-    the culprit.
+    protocol 5 (numpy arrays of non-object dtype, ``memoryview``, ``array.array``, ``PickleBuffer``),
+    and ``bytes`` and ``bytearray`` objects of at least ``max(out_of_band_min, 64 KiB)``, are returned
+    as memoryviews in ``buffers`` and are not copied; the rest stays in ``stream``. Raises
+    NotSerializableError naming the culprit, ExternalResourceError (a subclass) for a file open for
+    writing, a writable memory map, a socket, ... (see :mod:`.resources`).
     """
     buffers: list[memoryview] = []
 
@@ -152,7 +191,7 @@ def encode_state(state: Mapping[str, Any], *, out_of_band_min: int = OUT_OF_BAND
         buffers.append(raw.toreadonly())
         return False  # out of band
 
-    stream = _encode(state, take, buffers)
+    stream = _encode(state, take, buffers, out_of_band_min)
     return EncodedState(stream, buffers)
 
 
@@ -160,24 +199,40 @@ def decode_state(stream: bytes | bytearray | memoryview, buffers: Iterable[Any] 
     """Unpickle what :func:`encode_state` wrote, given its buffers in order.
 
     Pass writable buffers (a ``bytearray``, an anonymous ``mmap`` filled with ``readinto``) so that the
-    restored arrays are writable without a copy; a read-only buffer (``bytes``) is copied once.
+    restored arrays are writable without a copy; a read-only buffer (``bytes``) is copied once. The
+    first buffers, which :func:`buffer_kinds` names, become ``bytes`` and ``bytearray`` objects of the
+    state: pass those objects (the store reads them as such) and they are used as they are.
 
     Classes that were defined in ``__main__`` are stored by value; where ``__main__`` has a class of the
     same name now (the notebook re-ran its defining cell), restored instances use that live class, so
     ``isinstance`` holds.
     """
-    writable = [buffer if not memoryview(buffer).readonly else bytearray(buffer) for buffer in buffers]
-    return _LiveClassUnpickler(io.BytesIO(stream), buffers=writable).load()
+    kinds = buffer_kinds(stream)
+    ready = [_buffers.as_kind(b, kinds[i] if i < len(kinds) else None) for i, b in enumerate(buffers)]
+    return _LiveClassUnpickler(io.BytesIO(stream), buffers=ready).load()
+
+
+def check_state(state: Mapping[str, Any]) -> None:
+    """Raise what :func:`encode_state` would raise for ``state`` (ExternalResourceError,
+    NotSerializableError), keeping nothing: large buffers are neither copied nor kept. For variables
+    a run did not restore from its checkpoint (named since it was written), before its loop resumes."""
+    state = dict(state)
+    error = _pickles(state, robust=False)
+    if error is not None and _pickles(state, robust=True) is not None:
+        _raise_culprit(state, error)
 
 
 def dumps_state(state: Mapping[str, Any]) -> bytes:
     """Pickle ``state`` (name -> value) as one object graph, all in band; raise NotSerializableError."""
-    return _encode(state, None, None)
+    return _encode(state, None, None, None)
 
 
 def loads_state(data: bytes) -> dict[str, Any]:
     """Unpickle what :func:`dumps_state` wrote (also the dill streams of earlier versions)."""
     return decode_state(data)
+
+
+buffer_kinds = _buffers.buffer_kinds
 
 
 def buffer_digest(buffer: Any) -> str:
@@ -200,6 +255,7 @@ class _StatePickler(pickle.Pickler):
         self.globals_ref: dict[int, dict[str, Any]] = {}
         self.proto = PROTOCOL
         self.robust = robust
+        self.scan = Scan()
         plain: set[type] = set()  # types left to the C pickler's own reduction
         classify = self._classify
 
@@ -221,23 +277,27 @@ class _StatePickler(pickle.Pickler):
         super().__init__(file, protocol=PROTOCOL, buffer_callback=buffer_callback)
 
     def _classify(self, obj: Any, cls: type) -> Any:
+        check = check_for(cls)  # a file open for writing, a socket, ...: raises ExternalResource
+        if check is not None:
+            check(obj, self.scan)
         reducer = _REDUCERS.get(cls)
-        if reducer is None and cls.__name__ == "ndarray" and cls.__module__ == "numpy":
-            reducer = _REDUCERS[cls] = _reduce_ndarray  # numpy is not imported here until it is in use
+        if reducer is None and cls.__module__ == "numpy" and cls.__name__ in ("ndarray", "memmap"):
+            # numpy is not imported here until it is in use
+            reducer = _REDUCERS[cls] = _reduce_ndarray if cls.__name__ == "ndarray" else reduce_memmap
         if reducer is not None:
             return reducer(obj)
         if cls is types.FunctionType:
             return self._reduce_function(obj)
         if issubclass(cls, type):
-            return _reduce_class(obj)
+            return reduce_class(obj)
         if self.robust:
             return _reduce_or_dill(obj)
-        return _PLAIN
+        return _PLAIN if check is None else NotImplemented  # checked per object, never cached as plain
 
     def _reduce_function(self, func: types.FunctionType) -> Any:
         if _cp._should_pickle_by_reference(func):
             return NotImplemented
-        module = _module_of_namespace(func.__globals__)
+        module = module_of_namespace(func.__globals__)
         if module is None:  # globals of no importable module: the ones it uses, by value
             return self._dynamic_function_reduce(func)
         code, _, _, _, closure = self._function_getnewargs(func)
@@ -250,55 +310,75 @@ def _encode(
     state: Mapping[str, Any],
     buffer_callback: Callable[[pickle.PickleBuffer], Any] | None,
     buffers: list[memoryview] | None,
+    out_of_band_min: int | None,
 ) -> bytes:
     state = dict(state)
     error: BaseException | None = None
     for robust in (False, True):
-        if buffers:
-            buffers.clear()
-        file = io.BytesIO()
-        pickler = _StatePickler(file, buffer_callback, robust)
         try:
-            pickler.dump(state)
+            return _dump(state, buffer_callback, buffers, robust, out_of_band_min)
         except Exception as exc:
             error = exc
-            continue
-        finally:
-            # The memo holds every object and temporary it saw; the pickler lives in a reference cycle
-            # (its reducer_override closure), so free them now rather than at the next collection.
-            pickler.clear_memo()
-        return file.getvalue()
     assert error is not None
-    name, path, reason = _find_culprit(state, error)
-    raise NotSerializableError(name, path, reason) from None
+    _raise_culprit(state, error)
 
 
-def _module_of_namespace(namespace: dict[str, Any]) -> str | None:
-    """The name of the importable module (``__main__`` included) whose ``__dict__`` is ``namespace``."""
-    name = namespace.get("__name__")
-    if name == "__main__":  # also IPython's user namespace where it is not sys.modules["__main__"]
-        return name
-    module = sys.modules.get(name) if isinstance(name, str) else None
-    if module is None or getattr(module, "__dict__", None) is not namespace:
-        return None
-    return name if getattr(module, "__spec__", None) is not None else None
+def _raise_culprit(state: dict[str, Any], error: BaseException) -> NoReturn:
+    name, path, culprit, culprit_error = find_culprit(state, error, _pickles)
+    if isinstance(culprit_error, ExternalResource):
+        found = culprit_error
+        raise ExternalResourceError(name, path, found.resource, found.consequence, found.remedy) from None
+    reason = f"{type(culprit_error).__name__}: {culprit_error}"
+    raise NotSerializableError(
+        name, path, f"a {type(culprit).__name__}: {reason}" if culprit is not None else reason
+    ) from None
 
 
-def _main_namespace() -> dict[str, Any]:
-    """The notebook's namespace: IPython's user namespace when a shell runs (an in-process or embedded
-    shell's is not ``sys.modules["__main__"]``), else ``__main__``'s. IPython is never imported here."""
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
-    namespace = getattr(shell, "user_ns", None)
-    return namespace if isinstance(namespace, dict) else sys.modules["__main__"].__dict__
+def _dump(
+    state: dict[str, Any],
+    buffer_callback: Callable[[pickle.PickleBuffer], Any] | None,
+    buffers: list[memoryview] | None,
+    robust: bool,
+    out_of_band_min: int | None,
+) -> bytes:
+    """One pickling of ``state``; two where large bytes/bytearray objects go out of band (see
+    :mod:`.buffers`): the first pass sets them aside, the second writes memo references to them."""
+    if buffers is None or out_of_band_min is None:
+        file = io.BytesIO()
+        _run(file, state, buffer_callback, buffers, robust)
+        return file.getvalue()
+    sink = _buffers.Sink(out_of_band_min)
+    _run(sink, state, buffer_callback, buffers, robust)
+    if not sink.set_aside:
+        return sink.getvalue()
+    seeded = sink.state_objects()
+    file = io.BytesIO()
+    _run(file, state, buffer_callback, buffers, robust, seeded)
+    buffers[:0] = [memoryview(obj).toreadonly() for obj in seeded]  # the prefix's buffers come first
+    main = file.getbuffer()
+    assert bytes(main[:2]) == b"\x80\x05"
+    return _buffers.seeded_prefix(seeded) + main[2:]
 
 
-def _reduce_class(cls: type) -> Any:
-    reduced = _cp._class_reduce(cls)
-    if reduced is NotImplemented or len(reduced) != 6:
-        return reduced  # by reference, or one of the builtin singletons' types
-    make, args, state, _, _, _ = reduced
-    return (_make_class, (cls.__module__, cls.__qualname__, make, args), state, None, None, _set_class_state)
+def _run(
+    file: Any,
+    state: dict[str, Any],
+    buffer_callback: Callable[[pickle.PickleBuffer], Any] | None,
+    buffers: list[memoryview] | None,
+    robust: bool,
+    seeded: list[Any] = (),  # type: ignore[assignment]
+) -> None:
+    if buffers:
+        buffers.clear()
+    pickler = _StatePickler(file, buffer_callback, robust)
+    if seeded:  # written as references to memo slots 0, 1, ... (the stream's prefix fills them)
+        pickler.memo = {id(obj): (index, obj) for index, obj in enumerate(seeded)}
+    try:
+        pickler.dump(state)
+    finally:
+        # The memo holds every object and temporary it saw; the pickler lives in a reference cycle
+        # (its reducer_override closure), so free them now rather than at the next collection.
+        pickler.clear_memo()
 
 
 def _reduce_or_dill(obj: Any) -> Any:
@@ -311,56 +391,6 @@ def _reduce_or_dill(obj: Any) -> Any:
 
 
 # -- reconstructors (referenced by name from the stream: keep their names) -----------------------------
-
-
-def _make_function(code: types.CodeType, module: str, closure: tuple[Any, ...] | None) -> types.FunctionType:
-    if module == "__main__":
-        namespace = _main_namespace()
-    else:
-        namespace = (sys.modules.get(module) or importlib.import_module(module)).__dict__
-    return types.FunctionType(code, namespace, None, None, closure)
-
-
-def _set_function_state(func: types.FunctionType, state: tuple[dict[str, Any], dict[str, Any]]) -> None:
-    attributes, slotstate = state
-    func.__dict__.update(attributes)
-    closure = slotstate.pop("__closure__")
-    slotstate.pop("_cloudpickle_submodules", None)  # imported while loading; only held for that
-    if closure is not None:
-        for cell, restored in zip(func.__closure__ or (), closure, strict=True):
-            with contextlib.suppress(ValueError):  # an empty cell stays empty
-                cell.cell_contents = restored.cell_contents
-    for name, value in slotstate.items():
-        setattr(func, name, value)
-
-
-def _live_class(module: str, qualname: str) -> type | None:
-    """The class ``__main__`` now defines under ``qualname``, if any."""
-    if module != "__main__" or "<locals>" in qualname:
-        return None
-    first, *rest = qualname.split(".")
-    found: Any = _main_namespace().get(first)
-    for part in rest:
-        found = getattr(found, part, None)
-    if isinstance(found, type) and found.__module__ == "__main__" and found.__qualname__ == qualname:
-        return found
-    return None
-
-
-def _make_class(module: str, qualname: str, make: Callable[..., type], args: tuple[Any, ...]) -> type:
-    live = _live_class(module, qualname)
-    if live is not None:
-        return live
-    cls = make(*args)
-    if cls.__qualname__ != qualname:
-        cls.__qualname__ = qualname
-    return cls
-
-
-def _set_class_state(cls: type, state: Any) -> type:
-    if _live_class(cls.__module__, cls.__qualname__) is cls:
-        return cls  # the live class stays as the notebook defines it now
-    return _cp._class_setstate(cls, state)
 
 
 def _view_as(array: Any, dtype: Any) -> Any:
@@ -385,12 +415,6 @@ class _LiveClassUnpickler(dill.Unpickler):
         return found
 
 
-def _create_type_or_live(*args: Any) -> type:
-    cls = _dill_internals._create_type(*args)
-    live = _live_class(cls.__module__, cls.__qualname__)
-    return live if live is not None else cls
-
-
 # -- naming the culprit --------------------------------------------------------------------------
 
 
@@ -399,8 +423,8 @@ class _NullFile:
         return len(data)
 
 
-def _pickles(obj: Any) -> BaseException | None:
-    pickler = _StatePickler(_NullFile(), lambda buffer: False, robust=True)
+def _pickles(obj: Any, robust: bool = True) -> BaseException | None:
+    pickler = _StatePickler(_NullFile(), lambda buffer: False, robust=robust)
     try:  # buffers out of band and discarded: no copy of large arrays while searching
         pickler.dump(obj)
     except Exception as exc:
@@ -408,43 +432,3 @@ def _pickles(obj: Any) -> BaseException | None:
     finally:
         pickler.clear_memo()
     return None
-
-
-def _children(path: str, obj: Any) -> Iterator[tuple[str, Any]]:
-    if isinstance(obj, Mapping):
-        for key, value in list(obj.items())[:10_000]:
-            yield f"{path}[{key!r}]", value
-    elif isinstance(obj, (list, tuple, set, frozenset)):
-        for index, value in enumerate(list(obj)[:10_000]):
-            yield (
-                (f"{path}[{index}]" if not isinstance(obj, (set, frozenset)) else f"{path}{{{value!r}}}"),
-                value,
-            )
-    else:
-        attrs = getattr(obj, "__dict__", None)
-        if isinstance(attrs, dict):
-            for key, value in attrs.items():
-                yield f"{path}.{key}", value
-        for slot in getattr(type(obj), "__slots__", ()) or ():
-            if isinstance(slot, str) and hasattr(obj, slot):
-                yield f"{path}.{slot}", getattr(obj, slot)
-
-
-def _find_culprit(state: Mapping[str, Any], exc: BaseException) -> tuple[str, str, str]:
-    """Walk down from the first unpicklable variable to the deepest object that fails by itself."""
-    for name, value in state.items():
-        error = _pickles(value)
-        if error is None:
-            continue
-        path, obj = name, value
-        for _ in range(_MAX_PATH_DEPTH):
-            for child_path, child in _children(path, obj):
-                child_error = _pickles(child)
-                if child_error is not None:
-                    path, obj, error = child_path, child, child_error
-                    break
-            else:
-                break
-        return name, path, f"a {type(obj).__name__}: {type(error).__name__}: {error}"
-    # Each variable pickles alone but not together (rare: e.g. recursion limits on the joint graph).
-    return ", ".join(state), ", ".join(state), f"{type(exc).__name__}: {exc}"

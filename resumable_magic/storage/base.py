@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Protocol, Union
 
-from resumable_magic.storage.blobs import Alongside, ReadBlob
+from resumable_magic.storage.blobs import Alongside, BlobKind, ReadBlob
 from resumable_magic.storage.fsspec import FsspecBackend, WriteConflict, check_protocol
 from resumable_magic.storage.local import LocalBackend
 from resumable_magic.storage.paths import URL_RE, RemotePath, Where
@@ -97,9 +97,10 @@ class Backend(Protocol):
 
     def mark_verified(self, name: str) -> None: ...
 
-    def read_blob(self, name: str, *, private: bool = False) -> ReadBlob:
+    def read_blob(self, name: str, *, private: bool = False, into: BlobKind = "any") -> ReadBlob:
         """The blob read whole and hashed while read; ``private``: refuse one that is not the user's
-        own private file (checked on the open file)."""
+        own private file (checked on the open file); ``into``: what to read it into (a ``bytes`` or a
+        ``bytearray`` of the state is read into one, without a copy, where the medium allows)."""
         ...
 
     def blob_hashes(self, name: str) -> tuple[str, str]:

@@ -9,7 +9,9 @@ next chunk is read. Neither a checkpoint nor a restore then waits for the hash (
 
 Large blobs are read into an anonymous ``mmap`` populated up front (``MAP_POPULATE``): writable, so
 restored arrays need no copy, and the kernel faults the pages in bulk, ~4x cheaper here than the
-first touch of a ``bytearray`` or of a numpy array asking for transparent huge pages.
+first touch of a ``bytearray`` or of a numpy array asking for transparent huge pages. A blob that
+becomes a ``bytes`` or a ``bytearray`` of the state (``into``) is read straight into one, since
+neither can adopt memory it did not allocate: a copy would double the restore's peak memory.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import xxhash
 from blake3 import blake3
 
-__all__ = ["ReadBlob", "digest", "file_hashes", "read_blob_file", "strong_hash"]
+__all__ = ["BlobKind", "ReadBlob", "digest", "file_hashes", "read_blob_file", "strong_hash"]
+
+BlobKind = Literal["any", "bytes", "bytearray"]
+"""What a blob is read into: any writable buffer (an mmap or a bytearray), a ``bytes``, a ``bytearray``."""
 
 STRONG_HASH = "blake3"
 CHUNK = 8 << 20  # read and hashed at a time: small enough to stay in cache between the two
@@ -90,19 +95,23 @@ class ReadBlob:
         self.data, self.name, self.strong = data, name, strong
 
 
-def _allocate(size: int) -> bytearray | mmap.mmap:
-    if size < MMAP_MIN or not hasattr(mmap, "MAP_POPULATE"):
+def _allocate(size: int, into: BlobKind = "any") -> bytearray | mmap.mmap:
+    if into == "bytearray" or size < MMAP_MIN or not hasattr(mmap, "MAP_POPULATE"):
         return bytearray(size)
     flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE
     return mmap.mmap(-1, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
 
 
 def read_blob_file(
-    path: Path, check: Callable[[os.stat_result], None] | None = None, *, strong: bool = True
+    path: Path,
+    check: Callable[[os.stat_result], None] | None = None,
+    *,
+    strong: bool = True,
+    into: BlobKind = "any",
 ) -> ReadBlob:
     """Read ``path`` whole, hashing as it goes; ``check(fstat)`` runs on the open file first (so no rename
-    can slip between the check and the read). Raises ``OSError``; a file that shrinks while read
-    comes back short, and its hash then says so."""
+    can slip between the check and the read). ``into``: see :data:`BlobKind`. Raises ``OSError``; a
+    file that shrinks while read comes back short, and its hash then says so."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     try:
         st = os.fstat(fd)
@@ -110,7 +119,9 @@ def read_blob_file(
             raise IsADirectoryError(0, "it is not a regular file")
         if check is not None:
             check(st)
-        buffer: bytes | bytearray | mmap.mmap = _allocate(st.st_size)
+        if into == "bytes":
+            return _read_bytes(fd, strong)
+        buffer: bytes | bytearray | mmap.mmap = _allocate(st.st_size, into)
         view = memoryview(buffer)
         fast, slow = xxhash.xxh3_128(), blake3(max_threads=_threads)  # all cores: reading is the quick part
 
@@ -140,18 +151,55 @@ def read_blob_file(
         os.close(fd)
 
 
+def _read_bytes(fd: int, strong: bool) -> ReadBlob:
+    """The file as one ``bytes``, read into it (FileIO.readall sizes it from fstat: no copy), then
+    hashed: the hashes cannot run alongside, as a ``bytes`` cannot be read into in chunks."""
+    with open(fd, "rb", buffering=0, closefd=False) as f:
+        data = f.readall()
+    return ReadBlob(data, digest(data), strong_hash(data) if strong else "")
+
+
+def _hash_file(path: Path) -> tuple[str, str]:
+    """(xxh3, BLAKE3) of a file, read in chunks into two buffers that take turns (one is read into
+    while the other is hashed): memory stays at two chunks whatever the file's size."""
+    fast, slow = xxhash.xxh3_128(), blake3(max_threads=_threads)
+
+    def update(chunk: memoryview) -> None:
+        fast.update(chunk)
+        slow.update(chunk)
+
+    buffers = [memoryview(bytearray(CHUNK)), memoryview(bytearray(CHUNK))]
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise IsADirectoryError(0, "it is not a regular file")
+        with ThreadPoolExecutor(1, thread_name_prefix="resumable-hash") as hasher:
+            pending = None
+            turn = 0
+            while True:
+                count = os.readv(fd, [buffers[turn]])
+                if pending is not None:
+                    pending.result()
+                if count == 0:
+                    break
+                pending = hasher.submit(update, buffers[turn][:count])
+                turn = 1 - turn
+    finally:
+        os.close(fd)
+    return fast.hexdigest(), slow.hexdigest()
+
+
 _file_cache: dict[tuple[str, int, int, int, int], tuple[str, str]] = {}
 
 
 def file_hashes(path: Path) -> tuple[str, str]:
-    """(xxh3, BLAKE3) of the file ``path``; remembered by file identity, so an unchanged blob is read
-    once per process."""
+    """(xxh3, BLAKE3) of the file ``path``, read in chunks (a blob already stored is checked without
+    holding it in memory); remembered by file identity, so an unchanged blob is read once per process."""
     st = os.stat(path)
     ident = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     found = _file_cache.get(ident)
     if found is None:
-        blob = read_blob_file(path)
-        found = (blob.name, blob.strong)
+        found = _hash_file(path)
         if len(_file_cache) > _CACHE_LIMIT:
             _file_cache.clear()
         _file_cache[ident] = found

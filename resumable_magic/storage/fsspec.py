@@ -34,7 +34,7 @@ import threading
 from typing import Any
 
 from resumable_magic.errors import CheckpointCorruptError, ResumableError
-from resumable_magic.storage.blobs import Alongside, ReadBlob, digest, strong_hash
+from resumable_magic.storage.blobs import Alongside, BlobKind, ReadBlob, digest, strong_hash
 from resumable_magic.storage.paths import RemotePath, Where
 
 __all__ = ["FsspecBackend", "WriteConflict", "check_protocol", "filesystem"]
@@ -165,8 +165,10 @@ class FsspecBackend:
     def mark_verified(self, name: str) -> None:
         _VERIFIED.add((self.path.protocol, self._p(f"objects/{name}")))
 
-    def read_blob(self, name: str, *, private: bool = False) -> ReadBlob:
-        """The blob and its hashes (``private``: no owners here, the signature is the check)."""
+    def read_blob(self, name: str, *, private: bool = False, into: BlobKind = "any") -> ReadBlob:
+        """The blob and its hashes (``private``: no owners here, the signature is the check). Always
+        the downloaded ``bytes`` (``into`` is met as far as a download allows: a ``bytearray`` of the
+        state is one copy of it)."""
         data = self._read(f"objects/{name}")
         return ReadBlob(data, digest(data), strong_hash(data))
 

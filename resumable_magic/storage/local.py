@@ -22,7 +22,7 @@ from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
 from resumable_magic.errors import CheckpointCorruptError, UntrustedCheckpointError
-from resumable_magic.storage.blobs import Alongside, ReadBlob, file_hashes, read_blob_file
+from resumable_magic.storage.blobs import Alongside, BlobKind, ReadBlob, file_hashes, read_blob_file
 from resumable_magic.storage.crashpoints import crash_point
 from resumable_magic.storage.paths import TMP_PREFIX, Where, folders_down, run_folder
 
@@ -180,7 +180,9 @@ class LocalBackend:
         return ident in _VERIFIED_FILES
 
     def mark_verified(self, name: str) -> None:
-        """Nothing to remember: :meth:`has_blob` checks the file itself."""
+        """The blob's file was just read and its content matched its name (a restore): remember the
+        file, so that the next checkpoint of an unchanged buffer does not read it again."""
+        _remember_file(_file_identity(self.path / "objects" / name))
 
     def put_blob(
         self, name: str, data: bytes | bytearray | memoryview, alongside: Alongside | None = None
@@ -189,9 +191,10 @@ class LocalBackend:
         write_atomic(target, data, steps=("blob-written", "blob-synced"), alongside=alongside)
         _remember_file(_file_identity(target))
 
-    def read_blob(self, name: str, *, private: bool = False) -> ReadBlob:
+    def read_blob(self, name: str, *, private: bool = False, into: BlobKind = "any") -> ReadBlob:
         """The blob read whole and hashed as it is read; ``private``: the open file's owner and mode
-        are checked first (no window for a rename between the check and the read)."""
+        are checked first (no window for a rename between the check and the read); ``into``: see
+        :data:`~resumable_magic.storage.blobs.BlobKind`."""
         path = self.path / "objects" / name
         run = self.path
 
@@ -199,7 +202,7 @@ class LocalBackend:
             check_private(path, st, run=run)
 
         try:
-            return read_blob_file(path, check if private else None)
+            return read_blob_file(path, check if private else None, into=into)
         except FileNotFoundError:
             raise CheckpointCorruptError(path, "it is missing") from None
         except OSError as exc:

@@ -31,8 +31,9 @@ from resumable_magic.errors import (
 )
 from resumable_magic.lease.lease import Lease, make_lease, read_lease
 from resumable_magic.lease.procs import pid_alive
+from resumable_magic.state.buffers import buffer_kinds
 from resumable_magic.storage.base import Backend, Buffer, location, open_backend
-from resumable_magic.storage.blobs import MMAP_MIN, STRONG_HASH, Alongside, ReadBlob, strong_hash
+from resumable_magic.storage.blobs import MMAP_MIN, STRONG_HASH, Alongside, BlobKind, ReadBlob, strong_hash
 from resumable_magic.storage.crashpoints import CRASH_STEPS as CRASH_STEPS
 from resumable_magic.storage.crashpoints import crash_point
 from resumable_magic.storage.paths import TMP_PREFIX as TMP_PREFIX
@@ -63,11 +64,16 @@ from resumable_magic.store.records import (
 from resumable_magic.store.records import digest as digest
 from resumable_magic.trust import keys as trust
 
+_KINDS: dict[str, BlobKind] = {"bytes": "bytes", "bytearray": "bytearray"}
 
-def _read_signed_blob(store: RunStore, manifest: dict[str, Any], name: str) -> bytes | bytearray | Any:
-    """Blob ``name``'s bytes for unpickling (writable where local): the user's own private file (on an
-    object store: any object), holding exactly the content whose BLAKE3 the signed ``manifest``
-    records (a blob with the right xxh3 name is not enough)."""
+
+def _read_signed_blob(
+    store: RunStore, manifest: dict[str, Any], name: str, into: BlobKind = "any"
+) -> bytes | bytearray | Any:
+    """Blob ``name``'s bytes for unpickling (writable where local; ``into``: a ``bytes`` or
+    ``bytearray`` of the state): the user's own private file (on an object store: any object),
+    holding exactly the content whose BLAKE3 the signed ``manifest`` records (a blob with the right
+    xxh3 name is not enough)."""
     path = store.objects / name
     hashes = manifest.get(BLOB_HASHES)
     expected = hashes.get(name) if isinstance(hashes, dict) else None
@@ -77,7 +83,7 @@ def _read_signed_blob(store: RunStore, manifest: dict[str, Any], name: str) -> b
             f"does not cover it"
         )
         raise UntrustedCheckpointError(path, reason, store.trust_remedy())
-    blob = store.read_blob(name, private=True)
+    blob = store.read_blob(name, private=True, into=into)
     if blob.strong != expected:
         reason = (
             f"it is not the content its signed manifest names (the {STRONG_HASH.upper()} hash differs): "
@@ -337,21 +343,26 @@ class RunStore:
                     return ReadResult(Checkpoint(generation, manifest), problems)
                 names = [name for name, _ in manifest_blobs(manifest)]
                 state = _read_signed_blob(self, manifest, names[0])
-                buffers = tuple(_read_signed_blob(self, manifest, name) for name in names[1:])
+                # The stream says which buffers are bytes and bytearray objects: read into those.
+                kinds = [_KINDS[kind] for kind in buffer_kinds(state)]
+                buffers = tuple(
+                    _read_signed_blob(self, manifest, name, kinds[i] if i < len(kinds) else "any")
+                    for i, name in enumerate(names[1:])
+                )
             except CheckpointCorruptError as exc:
                 problems.append(exc)
                 continue
             return ReadResult(Checkpoint(generation, manifest, state, buffers), problems)
         return ReadResult(None, problems)
 
-    def read_blob(self, name: str, *, private: bool = False) -> ReadBlob:
+    def read_blob(self, name: str, *, private: bool = False, into: BlobKind = "any") -> ReadBlob:
         """Blob ``name`` read whole, checked against its name and hashed for the signature (both while
         it is read); ``private``: refused unless it is the user's own private file (where files have
-        owners)."""
-        blob = self.backend.read_blob(str(name), private=private)
+        owners); ``into``: see :data:`~resumable_magic.storage.blobs.BlobKind`."""
+        blob = self.backend.read_blob(str(name), private=private, into=into)
         if blob.name != name:
             raise CheckpointCorruptError(self.objects / str(name), "its checksum does not match its content")
-        self.backend.mark_verified(name)  # an unchanged blob need not be stored again
+        self.backend.mark_verified(name)  # an unchanged blob need not be stored (nor read) again
         return blob
 
     def _check_blobs(self, manifest: dict[str, Any]) -> None:
