@@ -88,7 +88,9 @@ class Worker:
         return self.result()
 
     def kill(self) -> None:
+        """SIGKILL, and wait until the process is gone (so that no one hands it another job)."""
         self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(TIMEOUT)
 
     @property
     def alive(self) -> bool:
