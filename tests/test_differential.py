@@ -92,6 +92,8 @@ def lanes():
         lane.close()
 
 
+# ~2.1 s a program on 2 cores; the project's default 300 s timeout would cut a soak run short
+@pytest.mark.timeout(max(600, PROGRAMS * 10))
 def test_differential(tmp_path_factory, lanes):
     """Every valid program ends as its uninterrupted run does, however it is killed."""
     # Checkpoints on tmpfs when there is one: a SIGKILL does not care whether fsync reached a disk
