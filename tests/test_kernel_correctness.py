@@ -135,3 +135,60 @@ def test_another_users_checkpoint_folder_is_refused_before_anything_runs(kernel,
     assert result.error is not None and result.error.ename == "UntrustedCheckpointError", result.describe()
     assert "uid 65534" in result.error.evalue and str(ck) in result.error.evalue
     assert not list(tmp_path.glob("ran-*")) and not list(ck.rglob("manifest.*.json"))
+
+
+PARAMS_CELL = """\
+%%resumable total --name sweep --dir {ck} --every 1it --params weights scale
+import time
+total = 0.0
+for i in range(300):
+    total += scale(float(weights[i % len(weights)]))
+    time.sleep(0.004)
+print("total", round(total, 6))
+"""
+
+PARAMS_SETUP = """\
+import numpy as np
+weights = np.arange(5000.0)
+def scale(x):
+    return x * 0.5
+"""
+
+
+def test_parameters_keyed_by_content_resume_after_sigkill_in_a_new_kernel(kernel, tmp_path):
+    """A function and a large array as --params: before, the function's repr (a memory address) made
+    another key in the new kernel, and the run silently started over."""
+    ck = tmp_path / "ck"
+    kernel.run("%load_ext resumable_magic").check()
+    kernel.run(PARAMS_SETUP).check()
+    kernel.execute_async(PARAMS_CELL.format(ck=ck))
+    kernel.wait_for(lambda: len(list(ck.rglob("manifest.*.json"))) > 0, timeout=60)
+    run_dir = next(ck.rglob("manifest.*.json")).parent
+    kernel.wait_for(lambda: (newest_position(run_dir) or 0) >= 20, timeout=60)
+    kernel.kill()
+    kernel.restart()
+    kernel.run("%load_ext resumable_magic").check()
+    kernel.run(PARAMS_SETUP).check()  # the same values, new objects at new addresses
+    result = kernel.run(PARAMS_CELL.format(ck=ck))
+    assert "Resumed total from the checkpoint at iteration" in result.stdout, result.describe()
+    expected = sum(float(i % 5000) * 0.5 for i in range(300))
+    assert f"total {round(expected, 6)}" in result.stdout, result.describe()
+    assert len({p.parent for p in ck.rglob("manifest.*.json")}) == 1  # one run, not a second one
+
+
+def test_an_unnamed_object_changed_by_a_method_call_is_warned_about_in_a_kernel(kernel, tmp_path):
+    kernel.run("%load_ext resumable_magic").check()
+    kernel.run(
+        "class Optimizer:\n"
+        "    def __init__(self):\n        self.steps = 0\n"
+        "    def step(self):\n        self.steps += 1\n"
+        "opt = Optimizer()\n"
+    ).check()
+    result = kernel.run(
+        f"%%resumable total --name opt --dir {tmp_path / 'ck'}\n"
+        "total = 0\n"
+        "for i in range(20):\n"
+        "    opt.step()\n"
+        "    total += i\n"
+    )
+    assert "the loop changed 'opt' (through a method call" in result.output, result.describe()
