@@ -52,12 +52,17 @@ def accepted_changes_text(changes: Mapping[str, tuple[str, str]]) -> str:
     )
 
 
-def code_change_text(old: str, new: str, created: float, finished: bool) -> str:
-    diff = [
+def _changed_lines(old: str, new: str) -> list[str]:
+    """The removed (``-``) and added (``+``) lines from ``old`` to ``new``, without context."""
+    return [
         line
         for line in difflib.unified_diff(old.splitlines(), new.splitlines(), lineterm="", n=0)
         if line[:1] in "+-" and not line.startswith(("+++", "---"))
     ]
+
+
+def code_change_text(old: str, new: str, created: float, finished: bool) -> str:
+    diff = _changed_lines(old, new)
     shown = "\n    ".join(diff[:8]) + ("\n    ..." if len(diff) > 8 else "")
     then = "replaying the finished run's result" if finished else "resuming with the new code"
     return (
@@ -84,13 +89,7 @@ def called_code_change_text(
     changed = sorted(n for n in {*old, *new} if old.get(n) != new.get(n))
     parts = []
     for name in changed[:5]:
-        diff = [
-            line
-            for line in difflib.unified_diff(
-                old.get(name, "").splitlines(), new.get(name, "").splitlines(), lineterm="", n=0
-            )
-            if line[:1] in "+-" and not line.startswith(("+++", "---"))
-        ]
+        diff = _changed_lines(old.get(name, ""), new.get(name, ""))
         state = " (no longer called)" if name not in new else " (newly called)" if name not in old else ""
         shown = "\n      ".join(diff[:8]) + ("\n      ..." if len(diff) > 8 else "")
         parts.append(f"{name}{state}:\n      {shown}")

@@ -129,9 +129,14 @@ def describe_owner(record: dict[str, Any], now: float | None = None) -> str:
     )
 
 
+def _backend(run: Where | Backend) -> Backend:
+    """The backend of a run given as its folder, or the backend itself."""
+    return open_backend(run) if isinstance(run, (Path, RemotePath)) else run
+
+
 def read_lease(run: Where | Backend) -> dict[str, Any] | None:
     """The lease record of the run at ``run`` (a folder or its backend), or None (none, or unreadable)."""
-    backend = open_backend(run) if isinstance(run, (Path, RemotePath)) else run
+    backend = _backend(run)
     found = backend.read_tagged(LEASE_FILE)
     return _parse(found[0]) if found else None
 
@@ -150,7 +155,7 @@ def _parse(data: bytes) -> dict[str, Any] | None:
 def make_lease(run: Where | Backend, key: str, timeout: float | None = None) -> Lease:
     """The lease of the run at ``run`` (a folder or its backend): an :class:`ObjectLease` where the
     backend's register is compare-and-swap (sparser heartbeats), else a :class:`Lease`."""
-    backend = open_backend(run) if isinstance(run, (Path, RemotePath)) else run
+    backend = _backend(run)
     kind = ObjectLease if backend.compare_and_swap else Lease
     return kind(backend, key, timeout)
 
@@ -161,7 +166,7 @@ class Lease:
     HEARTBEAT = HEARTBEAT_SECONDS
 
     def __init__(self, run: Where | Backend, key: str, timeout: float | None = None) -> None:
-        self.backend: Backend = open_backend(run) if isinstance(run, (Path, RemotePath)) else run
+        self.backend: Backend = _backend(run)
         self.path: Where = self.backend.where()
         self.key = key
         self.timeout = timeout if timeout is not None else lease_timeout()
