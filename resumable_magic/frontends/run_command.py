@@ -74,6 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from resumable_magic.errors import SupervisorUsageError
 
     try:
+        _check_installed()
         request = _request(args)
     except SupervisorUsageError as exc:
         print(f"resumable run: {exc}", file=sys.stderr)
@@ -85,6 +86,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     except SupervisorUsageError as exc:
         print(f"resumable run: {exc}", file=sys.stderr)
         return 2
+
+
+def _check_installed() -> None:
+    from importlib.util import find_spec
+
+    from resumable_magic.errors import SupervisorUsageError
+
+    missing = [name for name in ("nbclient", "nbformat") if find_spec(name) is None]
+    if missing:
+        raise SupervisorUsageError(
+            missing[0],
+            f"resumable run needs {' and '.join(missing)}: pip install 'resumable_magic[run]'",
+        )
 
 
 def _request(args: argparse.Namespace) -> Any:
