@@ -140,6 +140,7 @@ def _run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
         (["nb.ipynb", "--max-restarts", "-1"], "--max-restarts -1: give 0 or more"),
         (["-p", "n", "1", "work.py"], "-p and --output are for notebooks"),
         (["bad.ipynb"], "'bad.ipynb' is not a readable notebook"),
+        (["other.ipynb"], "other.ipynb asks for the kernel 'julia-1.99', which is not installed here"),
     ],
 )
 def test_bad_input_is_refused_in_one_line_before_anything_runs(
@@ -148,6 +149,9 @@ def test_bad_input_is_refused_in_one_line_before_anything_runs(
     write_notebook(tmp_path / "nb.ipynb", [("params", "n = 1\nopen('ran', 'w')", ["parameters"])])
     (tmp_path / "work.py").write_text("open('ran', 'w')\n")
     (tmp_path / "bad.ipynb").write_text("{not json")
+    other = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("open('ran', 'w')")])
+    other.metadata["kernelspec"] = {"name": "julia-1.99", "display_name": "Julia", "language": "julia"}
+    nbformat.write(other, tmp_path / "other.ipynb")
     done = _run(tmp_path, *args)
     assert done.returncode == 2
     assert done.stderr.startswith(f"resumable run: {message}"), done.stderr
