@@ -57,6 +57,7 @@ def test_kernel_killed_twice_at_random_points_finishes_with_the_uninterrupted_re
             killed += (pid,)
             reached = position(checkpoints)
         assert supervisor.wait() == 0, supervisor.output()
+        assert "resumable run: finished after 2 restarts (exit status 0" in supervisor.output()
     assert _result(tmp_path) == uninterrupted(n)
     data = _report(report)
     assert data["status"] == "finished" and data["exit_status"] == 0

@@ -195,10 +195,8 @@ def _write_notebook(nb: Any, path: Path) -> None:
 
 
 def _finished_text(report: Report) -> str:
-    restarts = report.restarts
-    if not restarts:
-        return "finished"
-    return f"finished after {len(restarts)} restart(s): " + "; ".join(r["cause"] for r in restarts)
+    count = len(report.restarts)  # each restart's cause was said when it happened
+    return "finished" if not count else f"finished after {count} restart{'s' if count > 1 else ''}"
 
 
 def _end(report: Report, say: Callable[[str], None], status: str, code: int, message: str) -> int:
