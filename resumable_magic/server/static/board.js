@@ -114,14 +114,14 @@ function runRow(row, member) {
     onclick: () => { openRuns.has(id) ? openRuns.delete(id) : openRuns.add(id); draw(); },
   },
     el("td", { class: "state", title: row.state }, el("span", { class: `dot ${row.state}` })),
-    el("td", { class: "key" }, row.key, " ", el("span", { class: "statename" }, row.state),
+    el("td", { class: "run-cell" }, el("span", { class: "key" }, row.key), " ", el("span", { class: "statename" }, row.state),
       row.error ? el("div", { class: "error-line" }, row.error) : null,
-      row.owner ? el("div", { class: "owner" }, `running: ${row.owner}`) : null,
+      row.owner ? el("div", { class: "owner" }, row.owner) : null,
       launchNote ? el("div", { class: "note" }, launchNote) : row.note ? el("div", { class: "note" }, row.note) : null),
     el("td", {}, row.params),
-    el("td", {}, progress(row)),
-    el("td", {}, row.checkpoint_time ? ago(now - row.checkpoint_time) : ""),
-    el("td", {}, row.state === "planned" ? "" : bytes(row.size)),
+    el("td", { class: "num" }, progress(row)),
+    el("td", { class: "num" }, row.checkpoint_time ? ago(now - row.checkpoint_time) : ""),
+    el("td", { class: "num" }, row.state === "planned" ? "" : bytes(row.size)),
     el("td", {}, origin(row)),
     el("td", {}, resubmitButton(row)));
   const rows = [tr];
@@ -167,7 +167,7 @@ function groupRows(group) {
     onclick: () => { openGroups.has(group.id) ? openGroups.delete(group.id) : openGroups.add(group.id); poll(); },
   },
     el("td", {}, openGroups.has(group.id) ? "▾" : "▸"),
-    el("td", { class: "key", colspan: 7 }, group.key, " ", chips(group.counts)));
+    el("td", { class: "run-cell", colspan: 7 }, el("span", { class: "key" }, group.key), " ", chips(group.counts)));
   return [tr, ...(group.open ? group.rows.flatMap((row) => runRow(row, true)) : [])];
 }
 
