@@ -37,6 +37,7 @@ __all__ = [
     "ShardFailedError",
     "ShardingChangedError",
     "StateVariableError",
+    "SupervisorUsageError",
     "UntrustedCheckpointError",
     "ValuesDroppedError",
 ]
@@ -80,6 +81,15 @@ class OptionError(ResumableError, ValueError):
     def __init__(self, option: str, value: object, expected: str) -> None:
         self.option, self.value = option, value
         super().__init__(f"{option} {value!r} is not valid: {expected}.")
+
+
+class SupervisorUsageError(ResumableError, ValueError):
+    """`resumable run` was given something it cannot run (a missing notebook, ``-p`` without a
+    parameters cell, a run another supervisor is executing): refused before anything runs."""
+
+    def __init__(self, culprit: str, message: str) -> None:
+        self.culprit = culprit
+        super().__init__(message)
 
 
 class NoContentIdentityError(ResumableError, TypeError):

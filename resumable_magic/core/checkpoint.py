@@ -17,6 +17,7 @@ from typing import Any
 from resumable_magic.core import messages
 from resumable_magic.core.forked_writer import FORK_MIN_BYTES, ForkedWriter, fork_refusal
 from resumable_magic.core.iteration import MISSING
+from resumable_magic.core.origin import run_origin
 from resumable_magic.core.policy import CheckpointPolicy
 from resumable_magic.errors import (
     CheckpointWriteError,
@@ -93,6 +94,7 @@ class Checkpointer:
             header,
         )
         self.max_size = max_size
+        self.origin = run_origin()  # the notebook or script the run comes from, for the board's Resubmit
         self.writer: ForkedWriter | None = None  # a background writer in flight (one at a time)
         # Each background write: the loop's stall, the writer's time, the memory it ended up copying.
         self.background_writes: list[dict[str, Any]] = []
@@ -233,6 +235,7 @@ class Checkpointer:
             "final": final,
             "versions": _versions(),
             "history": history,
+            "origin": self.origin,
         }
         return state, manifest
 

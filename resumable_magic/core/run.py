@@ -30,6 +30,7 @@ from typing import Any
 
 from resumable_magic.core import iteration, messages
 from resumable_magic.core.checkpoint import WRITER_WAIT, Checkpointer
+from resumable_magic.core.origin import restart_cause
 from resumable_magic.core.policy import CheckpointPolicy, Every, parse_every, parse_size
 from resumable_magic.core.resume import (
     Start,
@@ -311,6 +312,7 @@ class Resumable:
                 redone=resumed.redone_iterations,
                 redone_seconds=resumed.redone_seconds,
                 after=self._start.previous_end or "crashed",
+                cause=restart_cause(),  # set when `resumable run` restarted a dead kernel or script
             )
         )
         self.next_at = self.policy.next_due_at(self.checkpoints.last_position)

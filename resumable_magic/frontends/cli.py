@@ -1,4 +1,4 @@
-"""The ``resumable`` command: status, show, rm and gc over a checkpoint folder.
+"""The ``resumable`` command: status, show, rm and gc over a checkpoint folder; ``run`` (its own module).
 
 Exit codes: 0 ok, 1 failure (a missing run, a refused deletion), 2 usage. Errors go to stderr as one
 line. Heavy modules (dill, the run machinery) are imported only by the subcommands that need them.
@@ -76,6 +76,8 @@ def history_lines(manifest: dict[str, Any], info: Any) -> list[str]:
             )
             if event.get("redone"):
                 text += f", redoing {event['redone']:,} iterations (~{event.get('redone_seconds', 0):.0f} s)"
+            if event.get("cause"):
+                text += f"; restarted by resumable run: {event['cause']}"
         elif event.get("event") == "finished":
             text += f" at iteration {event.get('position', 0):,}"
         lines.append(text)
@@ -174,7 +176,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         kind = type(value)
         out.append(f"  {name.ljust(width)}  {kind.__module__}.{kind.__qualname__}  {_value_size(value)}")
     out.append("metadata:")
-    for field in ("header", "names", "inputs", "item", "code_digest", "versions"):
+    for field in ("header", "names", "inputs", "item", "code_digest", "versions", "origin"):
         if manifest.get(field) not in (None, {}, []):
             out.append(f"  {field}: {json.dumps(manifest[field], ensure_ascii=False)}")
     for problem in info.problems:
@@ -337,6 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.set_defaults(func=cmd_trust)
+
+    from resumable_magic.frontends.run_command import add_run_parser
+
+    add_run_parser(sub)
     return parser
 
 

@@ -83,7 +83,14 @@ class RunInfo:
         record.pop("manifest")
         record["params"] = self.manifest.get("params") or {}
         record["history"] = self.manifest.get("history") or []
+        record["origin"] = self.manifest.get("origin")
         return record
+
+    def restarts(self) -> list[str]:
+        """The causes of the restarts `resumable run` made, oldest first (a resumed event's ``cause``)."""
+        history = self.manifest.get("history")
+        events = history if isinstance(history, list) else []
+        return [str(e["cause"]) for e in events if isinstance(e, dict) and e.get("cause")]
 
 
 def list_runs(directory: str | os.PathLike[str] | RemotePath) -> list[RunInfo]:
@@ -228,4 +235,7 @@ def inspect_run(root: Where, run_dir: Where, size: int) -> RunInfo:
             with contextlib.suppress(ValueError, OverflowError):
                 times.append(float(value))
     info.updated = max((t for t in times if t is not None), default=None)
+    restarts = info.restarts()
+    if restarts and not info.note:
+        info.note = f"restarted {len(restarts)}x by resumable run, last: {restarts[-1]}"
     return info

@@ -47,7 +47,7 @@ def drop_values(store: RunStore, dry_run: bool = False) -> int:
         return 0
     victims = [n for n in store.files() if n.startswith("objects/") or MANIFEST_RE.match(n)]
     if not dry_run:
-        kept = ("position", "total", "params", "names", "header", "created", "history", "key")
+        kept = ("position", "total", "params", "names", "header", "created", "history", "key", "origin")
         record = {k: newest.manifest[k] for k in kept if k in newest.manifest}
         body = {**store.unseal("DONE"), **record, "values_dropped": time.time()}
         with store.fence():

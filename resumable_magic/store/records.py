@@ -132,6 +132,7 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "inputs": dict,
     "code": (str, type(None)),
     "history": (list, type(None)),
+    "origin": (dict, type(None)),
 }
 
 
