@@ -72,23 +72,10 @@ def _inside(path: Path, root: Path) -> bool:
     return os.path.commonpath([path, root]) == str(root)
 
 
-def parse_value(text: str) -> Any:
-    """How ``resumable run -p`` reads a value (papermill's rule). FIXME: import it from
-    resumable_magic.supervise.params once the supervisor branch is merged."""
-    if text in ("True", "False"):
-        return text == "True"
-    if text == "None":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def _parameter_text(key: str, name: str, value: Any) -> str:
     """``value`` as ``-p`` text that ``resumable run`` reads back as exactly ``value``."""
+    from resumable_magic.supervise.params import parse_value
+
     text = value if isinstance(value, str) else repr(value)
     back = parse_value(text)
     if type(back) is not type(value) or back != value:

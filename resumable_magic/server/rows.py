@@ -50,6 +50,13 @@ def _origin(info: RunInfo, root: Path) -> dict[str, Any]:
     return found
 
 
+def _origin_parameters(info: RunInfo) -> str:
+    """``n=400`` for a notebook `resumable run` started with ``-p n 400`` (what Resubmit passes again)."""
+    origin = info.manifest.get("origin")
+    parameters = origin.get("parameters") if isinstance(origin, dict) else None
+    return " ".join(f"{k}={v!r}" for k, v in parameters.items()) if isinstance(parameters, dict) else ""
+
+
 def shown_state(info: RunInfo, launch: dict[str, Any] | None) -> str:
     """The run's state, or ``running`` while a `resumable run` the board started has not yet taken
     the run's lease (its kernel is starting)."""
@@ -68,7 +75,7 @@ def run_row(
         "folder": folder,
         "key": info.key,
         "state": state,
-        "params": info.params(),
+        "params": info.params() or _origin_parameters(info),
         "position": info.position,
         "total": info.total,
         "checkpoint_time": info.created,
