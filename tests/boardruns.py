@@ -82,10 +82,11 @@ class Runs:
         (scripts / "worker.py").write_text(WORKER)
         (scripts / "sweep.py").write_text(SWEEP)
 
-    def start(self, key: str, mode: str, items: int) -> subprocess.Popen:
+    def start(self, key: str, mode: str, items: int, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """The worker on run ``key`` (``env``: added to the server's environment)."""
         proc = subprocess.Popen(
             [sys.executable, str(self.scripts / "worker.py"), str(self.folder), key, mode, str(items)],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+            env={**self.env, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
         )  # fmt: skip
         self.procs.append(proc)
         return proc

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import http.cookies
 import json
+import subprocess
+import sys
 import urllib.parse
 
 import pytest
 from boardruns import Runs, wait_for
+from checkpoints import newest_position
 from servers import jupyter_env, running_server
+
+from resumable_magic.core.origin import ORIGIN_ENV
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -171,3 +176,99 @@ def test_a_sweeps_members_not_started_are_planned(board):
     wait_for(
         lambda: sorted(states().values()) == ["finished"] * 4, "the sweep finished on the board", timeout=30
     )
+
+
+def _resubmit(server, folder, key: str, confirm: bool = False) -> dict:
+    body = {"runs": [{"folder": str(folder), "key": key}], "confirm": confirm}
+    [result] = server.api("/resumable/api/resubmit", "POST", body)["results"]
+    return result
+
+
+def _crash(runs: Runs, key: str, origin: dict, env: dict[str, str] | None = None) -> None:
+    """A worker on ``key`` that records ``origin`` (as `resumable run` passes it), SIGKILLed mid-loop."""
+    proc = runs.start(key, "loop", 100_000, {ORIGIN_ENV: json.dumps(origin), **(env or {})})
+    wait_for(lambda: newest_position(runs.folder / key) is not None, f"a checkpoint of {key!r}", proc)
+    proc.kill()
+    proc.wait()
+
+
+def test_resubmit_acts_only_on_records_it_can_trust(board, tmp_path):
+    """Resubmit runs the code a checkpoint folder names: a notebook outside the server's root, a
+    parameter the command line cannot carry exactly, or a checkpoint signed with another key is
+    refused, and nothing is started."""
+    server, in_root, *_, runs = board
+    inside = server.root / "project" / "train.ipynb"
+    inside.write_text("{}")
+    outside = tmp_path / "elsewhere.ipynb"
+    outside.write_text("{}")
+    _crash(runs, "outside", {"notebook": str(outside)})
+    _crash(runs, "listed", {"notebook": str(inside), "parameters": {"sizes": [1, 2]}})
+    _crash(runs, "foreign", {"notebook": str(inside)}, {"RESUMABLE_SIGNING_KEY": "0" * 64})
+    wait_for(
+        lambda: {"outside", "listed", "foreign"} <= set(_rows(server.api("/resumable/api/runs"))), "the runs"
+    )
+    assert "outside the server's root" in _resubmit(server, in_root, "outside")["reason"]
+    assert (
+        "sizes = [1, 2] cannot be passed on the command line exactly"
+        in _resubmit(server, in_root, "listed")["reason"]
+    )
+    assert "signed with a different key" in _resubmit(server, in_root, "foreign")["reason"]
+    assert not list(in_root.rglob("RESUBMIT.log"))
+
+
+FAILING_NOTEBOOK = [
+    ("n = 60", ["parameters"]),
+    ("%load_ext resumable_magic\nimport os", []),
+    (
+        "%%resumable total --every 1it\ntotal = 0\nfor i in range(n):\n"
+        "    if i == 30 and os.path.exists('fail-flag'):\n        raise ValueError('flag raised at 30')\n"
+        "    total += i",
+        [],
+    ),
+    ("print('total', total)", []),
+]
+
+
+def test_a_failed_run_is_resubmitted_only_when_confirmed(board):
+    """A notebook run that failed under `resumable run`: Resubmit says its error and asks; confirmed,
+    it starts `resumable run` on the server (output in RESUBMIT.log), which finishes it."""
+    import nbformat
+
+    server, in_root, *_, runs = board
+    project = server.root / "project"
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    for source, tags in FAILING_NOTEBOOK:
+        cell = nbformat.v4.new_code_cell(source)
+        cell.metadata["tags"] = tags
+        nb.cells.append(cell)
+    nbformat.write(nb, project / "fails.ipynb")
+    (project / "fail-flag").touch()
+    first = subprocess.run(
+        [sys.executable, "-m", "resumable_magic", "run", "fails.ipynb", "-p", "n", "50"],
+        env=runs.env, cwd=project, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert first.returncode == 1, first.stdout + first.stderr
+
+    def row() -> dict:
+        return next(
+            (r for k, r in _rows(server.api("/resumable/api/runs")).items() if k.startswith("fails.ipynb/")),
+            {},
+        )
+
+    wait_for(lambda: row().get("state") == "failed", "the failed run on the board")
+    key = row()["key"]
+    assert row()["error"] == "ValueError: flag raised at 30" and row()["params"] == "n=50"
+    refused = _resubmit(server, in_root, key)
+    assert (
+        refused["started"] is False
+        and "flag raised at 30" in refused["reason"]
+        and "confirm" in refused["reason"]
+    )
+    (project / "fail-flag").unlink()  # the user fixed the cause
+    started = _resubmit(server, in_root, key, confirm=True)
+    assert started["started"] is True, started
+    wait_for(lambda: row().get("state") == "finished", "the resubmitted run finished", timeout=180)
+    log = (in_root / "fails.ipynb").rglob("RESUBMIT.log")
+    assert "resubmitted from the board" in next(log).read_text()
+    assert row()["position"] == 50
