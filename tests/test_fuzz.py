@@ -205,6 +205,7 @@ MANIFEST_FIELDS = [
     "header",
     "final",
     "history",
+    "origin",
     "versions",
     "key",
     "generation",

@@ -283,3 +283,22 @@ def test_the_supervisor_killed_and_run_again_picks_up(tmp_path: Path) -> None:
     (run,) = runs(checkpoints).values()
     resumed = [e for e in run.manifest["history"] if e["event"] == "resumed"]
     assert len(resumed) == 1 and resumed[0]["from"] >= 6
+
+
+def test_a_second_supervisor_of_the_same_run_is_refused_while_the_first_runs(tmp_path: Path) -> None:
+    (tmp_path / "wait.py").write_text(
+        "import os, time\nwhile not os.path.exists('go'):\n    time.sleep(0.05)\n"
+    )
+    report = tmp_path / "wait.run.report.json"
+    with Supervisor(tmp_path, "wait.py") as first:
+        first.child_pid(report)
+        with Supervisor(tmp_path, "wait.py") as second:
+            assert second.wait() == 2
+            output = second.output()
+        assert output.startswith(
+            f"resumable run: this run is being executed by another `resumable run` (pid {first.pid})"
+        )
+        assert len(output.strip().splitlines()) == 1
+        (tmp_path / "go").touch()
+        assert first.wait() == 0, first.output()
+    assert _report(report)["status"] == "finished"

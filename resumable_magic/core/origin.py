@@ -15,12 +15,10 @@ from typing import Any
 
 __all__ = ["ORIGIN_ENV", "RESTART_ENV", "restart_cause", "run_origin"]
 
-ORIGIN_ENV = (
-    "RESUMABLE_RUN_ORIGIN"  # JSON: {"notebook": path, "parameters": {...}} or {"script": path, "args": [...]}
-)
-RESTART_ENV = (
-    "RESUMABLE_RUN_RESTART"  # the cause of this attempt, e.g. "kernel killed by SIGKILL (restart 2 of 5)"
-)
+# JSON: {"notebook": path, "parameters": {...}} or {"script": path, "args": [...]}
+ORIGIN_ENV = "RESUMABLE_RUN_ORIGIN"
+# The cause of this attempt, e.g. "kernel killed by SIGKILL (restart 2 of 5)"
+RESTART_ENV = "RESUMABLE_RUN_RESTART"
 
 
 def run_origin() -> dict[str, Any] | None:

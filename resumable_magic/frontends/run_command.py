@@ -72,19 +72,27 @@ def add_run_parser(sub: Any) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from resumable_magic.errors import SupervisorUsageError
+    from resumable_magic.supervise.supervisor import EXIT_USAGE, supervise
 
     try:
-        request = _request(args)
+        _check_installed()
+        return supervise(_request(args))
     except SupervisorUsageError as exc:
         print(f"resumable run: {exc}", file=sys.stderr)
-        return 2
-    from resumable_magic.supervise.supervisor import supervise
+        return EXIT_USAGE
 
-    try:
-        return supervise(request)
-    except SupervisorUsageError as exc:
-        print(f"resumable run: {exc}", file=sys.stderr)
-        return 2
+
+def _check_installed() -> None:
+    from importlib.util import find_spec
+
+    from resumable_magic.errors import SupervisorUsageError
+
+    missing = [name for name in ("nbclient", "nbformat") if find_spec(name) is None]
+    if missing:
+        raise SupervisorUsageError(
+            missing[0],
+            f"resumable run needs {' and '.join(missing)}: pip install 'resumable_magic[run]'",
+        )
 
 
 def _request(args: argparse.Namespace) -> Any:
@@ -124,7 +132,7 @@ def _request(args: argparse.Namespace) -> Any:
         return RunRequest(
             target, report.absolute(), args=list(args.rest), dir=directory, max_restarts=args.max_restarts
         )
-    from resumable_magic.supervise.notebook import read_notebook
+    from resumable_magic.supervise.notebook import kernel_name, read_notebook
     from resumable_magic.supervise.params import inject_parameters, parse_parameters
 
     parameters = parse_parameters(args.parameters or [])
@@ -135,6 +143,7 @@ def _request(args: argparse.Namespace) -> Any:
             args.target, f"{args.target!r} is not a readable notebook: {exc}"
         ) from None
     inject_parameters(nb, parameters, args.target)
+    kernel_name(nb, args.target)  # an uninstalled kernel is refused now, not after the report is begun
     output = Path(args.output) if args.output else _beside(target, ".run" + _tag(parameters), ".ipynb")
     report = (
         Path(args.report)

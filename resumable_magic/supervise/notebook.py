@@ -25,9 +25,10 @@ from jupyter_client.asynchronous.client import AsyncKernelClient
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, DeadKernelError
 
+from resumable_magic.errors import SupervisorUsageError
 from resumable_magic.supervise.restarts import Ended
 
-__all__ = ["NotebookAttempt", "read_notebook"]
+__all__ = ["CellIdKernelClient", "NotebookAttempt", "kernel_name", "read_notebook"]
 
 
 def read_notebook(path: Path) -> Any:
@@ -44,6 +45,22 @@ def read_notebook(path: Path) -> Any:
         if not cell.get("id"):
             cell["id"] = f"cell{index}"
     return nb
+
+
+def kernel_name(nb: Any, path: str) -> str:
+    """The kernel the notebook asks for (``python3`` when it names none); refused when not installed."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    name = str((nb.metadata.get("kernelspec") or {}).get("name") or "python3")
+    try:
+        KernelSpecManager().get_kernel_spec(name)
+    except NoSuchKernel:
+        raise SupervisorUsageError(
+            path,
+            f"{path} asks for the kernel {name!r}, which is not installed here (see `jupyter kernelspec "
+            f"list`): install it, or choose an installed kernel in the notebook and save it",
+        ) from None
+    return name
 
 
 class CellIdKernelClient(AsyncKernelClient):
@@ -137,10 +154,10 @@ class NotebookAttempt:
         """Execute every cell; how the attempt ended."""
         from jupyter_client.manager import AsyncKernelManager
 
-        kernel_name = (self.executed.metadata.get("kernelspec") or {}).get("name") or "python3"
+        name = kernel_name(self.executed, str(self.path))
         sockets = tempfile.mkdtemp(prefix="resumable-run-")  # ipc sockets: no TCP ports, no warning
         km = AsyncKernelManager(
-            kernel_name=kernel_name,
+            kernel_name=name,
             transport="ipc",
             ip=os.path.join(sockets, "kernel"),
             client_class="resumable_magic.supervise.notebook.CellIdKernelClient",
@@ -149,7 +166,7 @@ class NotebookAttempt:
             self.executed,
             self,
             km=km,
-            kernel_name=kernel_name,
+            kernel_name=name,
             timeout=None,  # a cell may run for days
             resources={"metadata": {"path": str(self.path.parent)}},
         )

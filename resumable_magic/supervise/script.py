@@ -48,6 +48,7 @@ class ScriptAttempt:
         self.script, self.args, self.env, self.on_started = script, args, env, on_started
         self.process: subprocess.Popen[bytes] | None = None
         self.stop_signal: int | None = None
+        self.on_signal: Callable[[int], None] = self.forward  # unused: Python's handler runs meanwhile
 
     def forward(self, signum: int) -> None:
         """Pass a signal the supervisor got to the script's process group (from a signal handler)."""

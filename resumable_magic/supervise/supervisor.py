@@ -75,7 +75,9 @@ def _say(text: str) -> None:
 def supervise(request: RunRequest, say: Callable[[str], None] = _say) -> int:
     """Run ``request`` to its end; the exit status."""
     origin = request.origin()
-    report = Report.begin(request.report, {**origin, "dir": request.dir}, str(request.output or "") or None)
+    report = Report.begin(
+        request.report, {**origin, "dir": request.dir}, str(request.output) if request.output else None
+    )
     _wait_for_stale_child(report, say)
     attempt: Any = None
     stop: list[int] = []
