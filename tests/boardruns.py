@@ -75,7 +75,7 @@ def wait_for(
 class Runs:
     """The processes behind the runs; :meth:`stop` kills those still going."""
 
-    def __init__(self, folder: Path, env: dict[str, str], scripts: Path) -> None:
+    def __init__(self, folder: Path | str, env: dict[str, str], scripts: Path) -> None:
         self.folder, self.env, self.scripts = folder, env, scripts
         self.procs: list[subprocess.Popen] = []
         scripts.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,7 @@ def _parameter_text(key: str, name: str, value: Any) -> str:
 
     text = value if isinstance(value, str) else repr(value)
     back = parse_value(text)
-    if type(back) is not type(value) or back != value:
+    if type(back) is not type(value) or repr(back) != repr(value):  # repr: nan is nan, -0.0 is not 0.0
         raise ResubmitRefusedError(
             key,
             f"its parameter {name} = {value!r} cannot be passed on the command line exactly "
@@ -121,9 +122,14 @@ class Launcher:
         self.root = Path(os.path.realpath(root))
         self.log_folder = log_folder
         self.launches: dict[tuple[str, str], Launch] = {}
+        self._lock = threading.Lock()  # two clicks at once: one check-and-start after the other
 
     def launch(self, directory: Where, key: str, *, confirmed: bool = False) -> Launch:
         """Start run ``key`` of the checkpoint folder ``directory`` again, after the checks (module doc)."""
+        with self._lock:
+            return self._launch(directory, key, confirmed)
+
+    def _launch(self, directory: Where, key: str, confirmed: bool) -> Launch:
         running = self.launches.get((str(directory), key))
         if running is not None and running.returncode() is None:
             raise ResubmitRefusedError(
@@ -165,6 +171,3 @@ class Launcher:
         launch = Launch(key, command, process, log, time.time())
         self.launches[(str(directory), key)] = launch
         return launch
-
-    def launched(self, directory: Where, key: str) -> Launch | None:
-        return self.launches.get((str(directory), key))
