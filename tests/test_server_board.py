@@ -213,6 +213,13 @@ def test_resubmit_acts_only_on_records_it_can_trust(board, tmp_path):
         in _resubmit(server, in_root, "listed")["reason"]
     )
     assert "signed with a different key" in _resubmit(server, in_root, "foreign")["reason"]
+    # "Resubmit all crashed": every crashed run on the board, each checked; here none may start
+    crashed = {
+        key for key, row in _rows(server.api("/resumable/api/runs")).items() if row["state"] == "crashed"
+    }
+    results = server.api("/resumable/api/resubmit", "POST", {"all_crashed": True})["results"]
+    assert {r["key"] for r in results} == crashed >= {"crashed", "outside", "listed", "foreign"}
+    assert [r for r in results if r["started"] or not r["reason"]] == []
     assert not list(in_root.rglob("RESUBMIT.log"))
 
 

@@ -7,7 +7,7 @@ const { baseUrl, xsrfToken } = window.RESUMABLE_BOARD;
 const api = (path) => `${baseUrl}resumable/api/${path}`;
 const RESUBMITTABLE = new Set(["crashed", "failed", "interrupted"]);
 const openGroups = new Set();
-const openRuns = new Set(); // "folder\nkey" of runs whose history is shown
+const openRuns = new Map(); // "folder\nkey" -> [folder, key] of the runs whose history is shown
 let pollSeconds = 2;
 let latest = null;
 
@@ -111,7 +111,7 @@ function runRow(row, member) {
     ? `resubmitted, starting (pid ${launch.pid})` : launch && launch.exit_status ? `resubmit ended with status ${launch.exit_status}: ${launch.last_line || ""}` : null;
   const tr = el("tr", {
     class: `run${member ? " member" : ""}`, "data-state": row.state, "data-key": row.key, "data-folder": row.folder,
-    onclick: () => { openRuns.has(id) ? openRuns.delete(id) : openRuns.add(id); draw(); },
+    onclick: () => toggleRun(row),
   },
     el("td", { class: "state", title: row.state }, el("span", { class: `dot ${row.state}` })),
     el("td", { class: "run-cell" }, el("span", { class: "key" }, row.key), " ", el("span", { class: "statename" }, row.state),
@@ -129,23 +129,39 @@ function runRow(row, member) {
   return rows;
 }
 
-const details = new Map(); // id -> the run's row with its history, fetched on click
+const details = new Map(); // "folder\nkey" -> the run's row with its history, fetched at each poll while open
+
+async function fetchDetails(id) {
+  const [folder, key] = openRuns.get(id);
+  const response = await fetch(`${api("run")}?folder=${encodeURIComponent(folder)}&key=${encodeURIComponent(key)}`,
+    { credentials: "same-origin" });
+  if (response.ok) details.set(id, await response.json());
+  else details.delete(id);
+}
+
+function toggleRun(row) {
+  const id = `${row.folder}\n${row.key}`;
+  if (openRuns.has(id)) {
+    openRuns.delete(id);
+    details.delete(id);
+  } else {
+    openRuns.set(id, [row.folder, row.key]);
+    fetchDetails(id).then(draw);
+  }
+  draw();
+}
 
 function detailsRow(row) {
-  const id = `${row.folder}\n${row.key}`;
-  const cell = el("td", { colspan: 8 }, "Loading the history...");
-  if (!details.has(id)) {
-    fetch(`${api("run")}?folder=${encodeURIComponent(row.folder)}&key=${encodeURIComponent(row.key)}`, { credentials: "same-origin" })
-      .then((r) => (r.ok ? r.json() : null)).then((full) => { details.set(id, full); draw(); });
+  const full = details.get(`${row.folder}\n${row.key}`);
+  const cell = el("td", { colspan: 8 });
+  if (!full) {
+    cell.textContent = "Loading the history...";
   } else {
-    const full = details.get(id);
-    details.delete(id); // fetched afresh next time it is drawn open
-    cell.textContent = "";
-    const events = (full && full.history) || [];
+    const events = full.history || [];
     cell.append(el("div", {}, `Folder: ${row.folder}`),
       events.length ? el("ol", { class: "history" }, events.map((e) => el("li", {}, historyLine(e))))
         : el("div", {}, row.state === "planned" ? "Planned: no worker has started it yet." : "No history recorded."),
-      ...(full && full.problems && full.problems.length ? full.problems.map((p) => el("div", { class: "error-line" }, p)) : []));
+      ...(full.problems || []).map((p) => el("div", { class: "error-line" }, p)));
   }
   return el("tr", { class: "details" }, cell);
 }
@@ -195,6 +211,7 @@ async function poll() {
     if (response.ok) {
       latest = await response.json();
       pollSeconds = latest.poll_seconds || pollSeconds;
+      await Promise.all([...openRuns.keys()].map(fetchDetails));
       draw();
     } else {
       showMessage(`The server answered ${response.status}: reload the page (log in again?)`, true);
