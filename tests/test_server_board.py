@@ -213,6 +213,7 @@ def test_resubmit_acts_only_on_records_it_can_trust(board, tmp_path):
         in _resubmit(server, in_root, "listed")["reason"]
     )
     assert "signed with a different key" in _resubmit(server, in_root, "foreign")["reason"]
+    assert "signed with a different key" in _rows(server.api("/resumable/api/runs"))["foreign"]["problem"]
     # "Resubmit all crashed": every crashed run on the board, each checked; here none may start
     crashed = {
         key for key, row in _rows(server.api("/resumable/api/runs")).items() if row["state"] == "crashed"

@@ -57,6 +57,12 @@ def _origin_parameters(info: RunInfo) -> str:
     return " ".join(f"{k}={v!r}" for k, v in parameters.items()) if isinstance(parameters, dict) else ""
 
 
+def _first_sentence(text: str) -> str:
+    """A damage or trust message's first sentence (the rest, with the remedy, is in the details)."""
+    end = text.find(". ")
+    return text[: end + 1] if 0 < end < 400 else text[:400]
+
+
 def shown_state(info: RunInfo, launch: dict[str, Any] | None) -> str:
     """The run's state, or ``running`` while a `resumable run` the board started has not yet taken
     the run's lease (its kernel is starting)."""
@@ -84,7 +90,7 @@ def run_row(
         "note": info.note,
         "owner": describe_owner(owner) if owner else None,
         "origin": _origin(info, root),
-        "problem": info.problems[0][:300] if info.problems else None,
+        "problem": _first_sentence(info.problems[0]) if info.problems else None,
         "launch": launch,
     }
     if history:

@@ -116,6 +116,7 @@ function runRow(row, member) {
     el("td", { class: "state", title: row.state }, el("span", { class: `dot ${row.state}` })),
     el("td", { class: "run-cell" }, el("span", { class: "key" }, row.key), " ", el("span", { class: "statename" }, row.state),
       row.error ? el("div", { class: "error-line" }, row.error) : null,
+      row.problem ? el("div", { class: "error-line" }, row.problem) : null,
       row.owner ? el("div", { class: "owner" }, row.owner) : null,
       launchNote ? el("div", { class: "note" }, launchNote) : row.note ? el("div", { class: "note" }, row.note) : null),
     el("td", {}, row.params),
