@@ -27,6 +27,7 @@ __all__ = [
     "NotSerializableError",
     "OptionError",
     "OwnershipLostError",
+    "ResubmitRefusedError",
     "ResumableError",
     "ResumableWarning",
     "ResumeRefusedError",
@@ -267,6 +268,14 @@ class RunOwnedError(ResumableError, RuntimeError):
             f"An owner whose process is gone, or whose heartbeat is older than its lease timeout "
             f"({timeout:g} s), is taken over automatically."
         )
+
+
+class ResubmitRefusedError(ResumableError, RuntimeError):
+    """The board refused to start a run again: ``reason`` says why (nothing was started)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key, self.reason = key, reason
+        super().__init__(f"Run {key!r} was not resubmitted: {reason}")
 
 
 class OwnershipLostError(ResumableError, RuntimeError):

@@ -96,7 +96,10 @@ def _execute(client: Any, func: Callable[..., Any], plan: Plan, progress: bool |
     """Submit one task per run, wait for all while the progress view follows the folder, and return
     each run's report in the order of the specs. A failure cancels what has not started."""
     from resumable_magic.distributed.progress import MapProgress, make_view
+    from resumable_magic.store.plans import remove_plan, write_plan
 
+    # Before any task: a board shows the runs not started yet as planned.
+    write_plan(plan.directory, plan.key, [(spec.run_key, spec.params) for spec in plan.specs])
     model = MapProgress(
         plan.key, plan.directory, [(s.name, s.run_key, _size(s)) for s in plan.specs], plan.what
     )
@@ -132,6 +135,7 @@ def _execute(client: Any, func: Callable[..., Any], plan: Plan, progress: bool |
                 next_poll = started + max(POLL_SECONDS, 10 * (time.monotonic() - started))
                 view.update()
         outcome = "finished"
+        remove_plan(plan.directory, plan.key)
     except KeyboardInterrupt:
         outcome = "interrupted"
         raise

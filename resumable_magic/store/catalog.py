@@ -34,7 +34,7 @@ from resumable_magic.store.layout import Checkpoint, holds_run
 from resumable_magic.store.oldfolders import recorded_key
 from resumable_magic.store.runstore import RunStore
 
-__all__ = ["STATES", "RunInfo", "find_run", "list_runs", "names_under", "run_folders"]
+__all__ = ["STATES", "RunInfo", "find_run", "inspect_run", "list_runs", "names_under", "run_folders"]
 
 STATES = ("finished", "running", "interrupted", "failed", "crashed")
 
@@ -99,7 +99,7 @@ def list_runs(directory: str | os.PathLike[str] | RemotePath) -> list[RunInfo]:
     root = location(directory)
     backend = open_backend(root)
     runs = [
-        _inspect(root, _join(root, folder), backend.bytes_in(folder))
+        inspect_run(root, _join(root, folder), backend.bytes_in(folder))
         for folder, names in backend.folders()
         if holds_run(names)
     ]
@@ -122,7 +122,7 @@ def find_run(directory: str | os.PathLike[str] | RemotePath, key: str) -> RunInf
     store = RunStore(root, key)  # validates the key (OptionError) and finds its folder
     if not holds_run(store.backend.list("")):
         return None
-    return _inspect(root, store.path, store.backend.bytes_in(""))
+    return inspect_run(root, store.path, store.backend.bytes_in(""))
 
 
 def names_under(directory: str | os.PathLike[str] | RemotePath, key: str) -> list[str]:
@@ -180,7 +180,9 @@ def _key_of(root: Where, run_dir: Where, manifest: dict[str, Any]) -> str:
         return run_dir.name
 
 
-def _inspect(root: Where, run_dir: Where, size: int) -> RunInfo:
+def inspect_run(root: Where, run_dir: Where, size: int) -> RunInfo:
+    """The run in folder ``run_dir`` (found under the checkpoint folder ``root``; ``size``: its bytes),
+    its newest checkpoint read and verified, its state decided."""
     store = RunStore.at(run_dir, run_dir.name)
     checkpoint, problems = _newest(store)
     manifest = checkpoint.manifest if checkpoint else {}
