@@ -105,9 +105,10 @@ def _reduce_typed(storage: Any) -> Any:
     return _typed_storage, (storage._untyped_storage, str(storage.dtype).removeprefix("torch."))
 
 
-def _host_bytes(storage: Any) -> memoryview:
-    """A writable byte view of ``storage``'s memory (of a pinned host copy for a CUDA storage),
-    holding what keeps that memory alive."""
+def _host_bytes(storage: Any) -> Any:
+    """A writable buffer over ``storage``'s memory (of a pinned host copy for a CUDA storage) that
+    holds what keeps that memory alive: a ctypes array, not a memoryview (a memoryview with a buffer
+    exported from it, left in the pickler's reference cycle, cannot be cleared by the collector)."""
     size = storage.nbytes()
     if storage.device.type == "cuda":
         torch = sys.modules["torch"]
@@ -117,10 +118,10 @@ def _host_bytes(storage: Any) -> memoryview:
         _pass.copying.add(storage.device)
         storage = host.untyped_storage()
     if size == 0:
-        return memoryview(bytearray())
-    memory = (ctypes.c_char * size).from_address(storage.data_ptr())
-    memory.keep = storage  # the view holds the array, the array the storage
-    return memoryview(memory).cast("B")
+        return bytearray()
+    memory = (ctypes.c_ubyte * size).from_address(storage.data_ptr())
+    memory.keep = storage  # the buffers given to the store hold the array, the array the storage
+    return memory
 
 
 # -- reading (referenced by name from the stream: keep these names) --------------------------------------
