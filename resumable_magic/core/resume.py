@@ -202,8 +202,8 @@ def resume_info(checkpoint: Checkpoint, previous_lease: Mapping[str, Any] | None
 
 def load_payload(checkpoint: Checkpoint, key: str, map_location: str | None = None) -> dict[str, Any]:
     """The checkpoint's variables and (under :data:`RNG_KEY`) RNG states, unpickled; nothing is put
-    in place. A checkpoint that verified but cannot be loaded is a one-paragraph error."""
-    check_devices(checkpoint.manifest.get("devices") or (), map_location)
+    in place. A checkpoint that verified but cannot be loaded is a one-paragraph error. (Its devices
+    were checked by :func:`find_start`, before anything ran.)"""
     try:
         return decode_state(checkpoint.state, checkpoint.buffers, map_location)
     except Exception as exc:

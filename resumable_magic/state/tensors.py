@@ -41,7 +41,6 @@ __all__ = [
     "reducer_for",
 ]
 
-_STORAGE_CLASSES = ("UntypedStorage", "TypedStorage")
 _map_location: ContextVar[str | None] = ContextVar("resumable_map_location", default=None)
 
 
