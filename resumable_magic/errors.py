@@ -17,6 +17,7 @@ __all__ = [
     "CheckpointFormatError",
     "CheckpointWriteError",
     "DaskMissingError",
+    "DeviceMissingError",
     "ExternalResourceError",
     "InputsChangedError",
     "IterationMismatchError",
@@ -253,6 +254,18 @@ class LegacyFolderError(ResumeRefusedError):
             f"Run {key!r} has no folder of its own yet ({str(new_folder)!r}), and {str(folder)!r}, the "
             f"folder earlier versions of resumable_magic gave it, {found}. Nothing was run or changed. "
             f"{remedy}"
+        )
+
+
+class DeviceMissingError(ResumeRefusedError):
+    """The checkpoint holds tensors on a device (a GPU) that this process does not have."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        super().__init__(
+            f"Cannot restore: the checkpoint holds PyTorch tensors on {device}, a device this machine "
+            f"does not have, so nothing was loaded. To load them into the CPU's memory instead, pass "
+            f'map_location="cpu" to Resumable(...) or load(...).'
         )
 
 

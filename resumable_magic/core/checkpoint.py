@@ -32,7 +32,7 @@ from resumable_magic.progress.snapshots import CheckpointStats
 from resumable_magic.progress.text import format_duration, format_size
 from resumable_magic.state import rng
 from resumable_magic.state.fingerprint import fingerprint_item
-from resumable_magic.state.serialize import encode_state
+from resumable_magic.state.serialize import EncodedState, encode_state
 from resumable_magic.storage.blobs import digest
 from resumable_magic.storage.crashpoints import crash_point
 from resumable_magic.store.runstore import RunStore
@@ -137,8 +137,11 @@ class Checkpointer:
         refusal = "synchronous checkpoint" if sync else fork_refusal(self.last_size, self.store.can_fork)
         self.progress.checkpoint_started(position)
         if refusal is None:
+            # torch's reducers must not run in a forked child (its thread pools do not survive fork):
+            # with torch loaded the state is pickled here, and the child only writes the bytes.
+            encoded = self._encode(state, manifest, final) if "torch" in sys.modules else None
             self.writer = ForkedWriter.start(
-                lambda: self._write(state, manifest, final, child=True), position
+                lambda: self._write(state, manifest, final, child=True, encoded=encoded), position
             )
             self.last_time = time.monotonic()
             if not self._said_mode:
@@ -239,14 +242,7 @@ class Checkpointer:
         }
         return state, manifest
 
-    def _write(
-        self, state: dict[str, Any], manifest: dict[str, Any], final: bool, child: bool = False
-    ) -> dict[str, Any]:
-        """Serialise, store and commit one checkpoint (in this process, or in a forked child)."""
-        if child:
-            crash_point("background")
-            self.store.fence = self.lease.in_child().fenced
-            self.store.for_forked_child()  # its own S3 connections
+    def _encode(self, state: dict[str, Any], manifest: dict[str, Any], final: bool) -> EncodedState:
         try:
             encoded = encode_state(state)
         except NotSerializableError:
@@ -254,6 +250,26 @@ class Checkpointer:
                 raise
             encoded = encode_state({n: v for n, v in state.items() if n not in self.final_names})
             manifest["names"] = [n for n in manifest["names"] if n not in self.final_names]
+        if encoded.devices:  # checked before a restore: a GPU's tensors where there is none are refused
+            manifest["devices"] = list(encoded.devices)
+        return encoded
+
+    def _write(
+        self,
+        state: dict[str, Any],
+        manifest: dict[str, Any],
+        final: bool,
+        child: bool = False,
+        encoded: EncodedState | None = None,
+    ) -> dict[str, Any]:
+        """Serialise (unless ``encoded`` already), store and commit one checkpoint (in this process, or
+        in a forked child)."""
+        if child:
+            crash_point("background")
+            self.store.fence = self.lease.in_child().fenced
+            self.store.for_forked_child()  # its own S3 connections
+        if encoded is None:
+            encoded = self._encode(state, manifest, final)
         crash_point("serialized")
         # The stream, then each large buffer as its own content-addressed blob, written straight
         # from the objects' memory: an unchanged array keeps its digest and is not written again.

@@ -35,6 +35,7 @@ from resumable_magic.state import rng
 from resumable_magic.state.fingerprint import inputs_changed, item_matches
 from resumable_magic.state.reach import align_recorded, split_code
 from resumable_magic.state.serialize import decode_state
+from resumable_magic.state.tensors import check_devices
 from resumable_magic.storage.base import location
 from resumable_magic.storage.paths import Where
 from resumable_magic.store.layout import MANIFEST_RE, Checkpoint, ReadResult
@@ -81,6 +82,7 @@ def find_start(
     code: str | None,
     fresh: bool = False,
     accept_changes: bool = False,
+    map_location: str | None = None,
 ) -> Start:
     """Read the newest good checkpoint of ``store`` and decide where the run starts; change nothing.
 
@@ -114,6 +116,7 @@ def find_start(
     if checkpoint is None or fresh:
         return start
     done = store.finished(checkpoint.generation)
+    check_devices(checkpoint.manifest.get("devices") or (), map_location)
     _check_inputs(checkpoint, inputs, progress, accept_changes=accept_changes, finished=done is not None)
     old_code = checkpoint.manifest.get("code")
     if code is not None and old_code is not None and old_code != code:
@@ -197,11 +200,12 @@ def resume_info(checkpoint: Checkpoint, previous_lease: Mapping[str, Any] | None
     return ResumeInfo(checkpoint.position, checkpoint.created, checkpoint.generation, redone, redone_seconds)
 
 
-def load_payload(checkpoint: Checkpoint, key: str) -> dict[str, Any]:
+def load_payload(checkpoint: Checkpoint, key: str, map_location: str | None = None) -> dict[str, Any]:
     """The checkpoint's variables and (under :data:`RNG_KEY`) RNG states, unpickled; nothing is put
-    in place. A checkpoint that verified but cannot be loaded is a one-paragraph error."""
+    in place. A checkpoint that verified but cannot be loaded is a one-paragraph error. (Its devices
+    were checked by :func:`find_start`, before anything ran.)"""
     try:
-        return decode_state(checkpoint.state, checkpoint.buffers)
+        return decode_state(checkpoint.state, checkpoint.buffers, map_location)
     except Exception as exc:
         raise ResumableError(
             f"The checkpoint of {key!r} (generation {checkpoint.generation}, iteration "
@@ -221,17 +225,22 @@ def _quote(names: Iterable[str]) -> str:
     return ", ".join(repr(n) for n in names)
 
 
-def variables_of(checkpoint: Checkpoint) -> dict[str, Any]:
+def variables_of(checkpoint: Checkpoint, map_location: str | None = None) -> dict[str, Any]:
     """The named variables a verified checkpoint holds (its RNG states left out)."""
-    payload = decode_state(checkpoint.state, checkpoint.buffers)
+    check_devices(checkpoint.manifest.get("devices") or (), map_location)
+    payload = decode_state(checkpoint.state, checkpoint.buffers, map_location)
     payload.pop(RNG_KEY, None)
     return payload
 
 
-def load(key: str, dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+def load(
+    key: str, dir: str | os.PathLike[str] | None = None, map_location: str | None = None
+) -> dict[str, Any]:
     """The variables saved by the newest good checkpoint of run ``key``, as a dict.
 
-    For scripts and other notebooks: ``load("train", dir=".resumable")["model"]``.
+    For scripts and other notebooks: ``load("train", dir=".resumable")["model"]``. PyTorch tensors
+    go back to the device they were saved from; ``map_location="cpu"`` puts them all in the CPU's
+    memory (a checkpoint from a GPU that this machine lacks is refused without it).
     """
     store = RunStore(dir if dir is not None else default_directory(), key)
     result = store.read_latest()
@@ -240,4 +249,4 @@ def load(key: str, dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         if store.dropped_values() is not None:
             detail = "The run finished, but `resumable gc --final-values` deleted its final values."
         raise NoCheckpointError(key, store.directory, detail)
-    return variables_of(result.checkpoint)
+    return variables_of(result.checkpoint, map_location)

@@ -78,6 +78,9 @@ class Resumable:
         max_size: warn (once) when a checkpoint's state is larger: ``"2GiB"``, ``"500MB"`` or bytes
             (default ``$RESUMABLE_MAX_SIZE``, else no limit). A checkpoint that would leave less than
             twice its size free on the disk always warns.
+        map_location: ``"cpu"``: restore PyTorch tensors into the CPU's memory, whatever device they
+            were saved from (default: their own device; a checkpoint from a GPU this machine lacks is
+            refused).
     """
 
     def __init__(
@@ -97,8 +100,10 @@ class Resumable:
         final_names: Sequence[str] = (),
         params: Mapping[str, Any] | None = None,
         max_size: str | int | None = None,
+        map_location: str | None = None,
     ) -> None:
         self.key = key
+        self.map_location = map_location
         self.namespace = namespace
         self.names = tuple(names) if names is not None else tuple(namespace)
         self.store = RunStore(dir if dir is not None else default_directory(), key)
@@ -218,6 +223,7 @@ class Resumable:
                 code=self.code,
                 fresh=self.fresh,
                 accept_changes=self.accept_changes,
+                map_location=self.map_location,
             )
         except BaseException:
             self.lease.release(undo=True)
@@ -268,7 +274,7 @@ class Resumable:
     def _payload(self) -> dict[str, Any]:
         if self._loaded is None:
             assert self._start.checkpoint is not None
-            self._loaded = load_payload(self._start.checkpoint, self.key)
+            self._loaded = load_payload(self._start.checkpoint, self.key, self.map_location)
         return self._loaded
 
     def restore(self) -> None:

@@ -32,6 +32,7 @@ import copyreg
 import functools
 import io
 import pickle
+import sys
 import types
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -45,6 +46,7 @@ from cloudpickle import cloudpickle as _cp
 
 from resumable_magic.errors import ExternalResourceError, NotSerializableError
 from resumable_magic.state import buffers as _buffers
+from resumable_magic.state import tensors as _tensors
 from resumable_magic.state.byvalue import (
     _create_type_or_live,
     _make_function,
@@ -163,6 +165,7 @@ class EncodedState:
 
     stream: bytes
     buffers: list[memoryview] = field(default_factory=list)
+    devices: tuple[str, ...] = ()  # where its PyTorch tensors live, besides the CPU ("cuda:0", ...)
 
     @property
     def nbytes(self) -> int:
@@ -191,11 +194,16 @@ def encode_state(state: Mapping[str, Any], *, out_of_band_min: int = OUT_OF_BAND
         buffers.append(raw.toreadonly())
         return False  # out of band
 
+    if "torch" not in sys.modules:
+        return EncodedState(_encode(state, take, buffers, out_of_band_min), buffers)
+    _tensors.begin_pass()
     stream = _encode(state, take, buffers, out_of_band_min)
-    return EncodedState(stream, buffers)
+    return EncodedState(stream, buffers, _tensors.end_pass())
 
 
-def decode_state(stream: bytes | bytearray | memoryview, buffers: Iterable[Any] = ()) -> dict[str, Any]:
+def decode_state(
+    stream: bytes | bytearray | memoryview, buffers: Iterable[Any] = (), map_location: str | None = None
+) -> dict[str, Any]:
     """Unpickle what :func:`encode_state` wrote, given its buffers in order.
 
     Pass writable buffers (a ``bytearray``, an anonymous ``mmap`` filled with ``readinto``) so that the
@@ -205,11 +213,13 @@ def decode_state(stream: bytes | bytearray | memoryview, buffers: Iterable[Any] 
 
     Classes that were defined in ``__main__`` are stored by value; where ``__main__`` has a class of the
     same name now (the notebook re-ran its defining cell), restored instances use that live class, so
-    ``isinstance`` holds.
+    ``isinstance`` holds. PyTorch tensors go back to the device they were on, or all to
+    ``map_location`` (``"cpu"``) when given.
     """
     kinds = buffer_kinds(stream)
     ready = [_buffers.as_kind(b, kinds[i] if i < len(kinds) else None) for i, b in enumerate(buffers)]
-    return _LiveClassUnpickler(io.BytesIO(stream), buffers=ready).load()
+    with _tensors.mapped_to(map_location):
+        return _LiveClassUnpickler(io.BytesIO(stream), buffers=ready).load()
 
 
 def check_state(state: Mapping[str, Any]) -> None:
@@ -284,6 +294,10 @@ class _StatePickler(pickle.Pickler):
         if reducer is None and cls.__module__ == "numpy" and cls.__name__ in ("ndarray", "memmap"):
             # numpy is not imported here until it is in use
             reducer = _REDUCERS[cls] = _reduce_ndarray if cls.__name__ == "ndarray" else reduce_memmap
+        elif reducer is None and cls.__module__.startswith("torch"):  # a storage: see tensors.py
+            reducer = _tensors.reducer_for(cls)
+            if reducer is not None:
+                _REDUCERS[cls] = reducer
         if reducer is not None:
             return reducer(obj)
         if cls is types.FunctionType:
