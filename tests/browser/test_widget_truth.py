@@ -1,0 +1,261 @@
+"""The widget tells the truth when the kernel cannot (issue 17, parts 1 and 3), in JupyterLab.
+
+- The kernel is SIGKILLed mid-loop and the page gets the ``resumable-kernel-died`` event the
+  JupyterLab extension sends (with the newest checkpoint on disk): within 5 s of the kill the widget
+  is red and says where the run died, which checkpoint is on disk and what a resume redoes; the
+  cell run again resumes, and the resume is stated once in the widget and once in stdout.
+- Without the extension (no event): after the kill the heartbeat stops and the widget turns amber,
+  "no word from the kernel", never red.
+- An interrupt ends the cell with one orange line, no red error box, no lingering "Interrupt
+  received" message, and the cells queued after it do not run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+from resumable_magic.store.catalog import find_run
+
+LOAD = "%load_ext resumable_magic"
+LOOP = """\
+%%resumable total --every 10it
+import time
+total = 0
+for i in range(400):
+    time.sleep(0.05)
+    total += i
+print("total", total)
+"""
+DEATH = re.compile(
+    r"Kernel died at about iteration (\d+) of 400\. Last checkpoint: iteration (\d+) \((\d\d:\d\d:\d\d)\)\. "
+    r"Run the cell again to resume \((\d+) iterations? will be redone\)\."
+)
+
+
+def widget(lab, page, index: int):
+    element = lab.cell(page, index).locator(".resumable-widget")
+    element.wait_for(state="visible", timeout=30_000)
+    return element
+
+
+def started_loop(lab, page, name: str):
+    """Open ``name``, load the extension, start the loop; returns its widget once 3 checkpoints are written."""
+    lab.open(page, name)
+    lab.run_cell(page, 0)
+    lab.run_cell(page, 1, wait=False)
+    element = widget(lab, page, 1)
+    lab.wait_text(page, 1, ".rm-checkpoints", "t => parseInt(t) >= 3", timeout=30_000)
+    return element
+
+
+def accept_restart(lab, page) -> None:
+    """Lab notices the death, says so in a dialog and restarts the kernel by itself."""
+    dialog = page.locator(".jp-Dialog")
+    dialog.wait_for(state="visible", timeout=30_000)
+    dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
+    dialog.wait_for(state="detached")
+    lab.wait_kernel_ready(page)
+
+
+def on_disk(lab, monkeypatch, key: str):
+    """The newest checkpoint of ``key`` as the server reads it (with the kernels' signing key)."""
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(lab.root.parent / "data"))  # where the lab's kernels keep it
+    found = find_run(lab.root.parent / "checkpoints", key)  # RESUMABLE_DIR of the lab fixture
+    assert found is not None and not found.problems, found
+    return found
+
+
+def test_dead_kernel_turns_the_widget_red_with_the_checkpoint_on_disk_then_resume_is_said_once(
+    lab, page, monkeypatch
+):
+    name = lab.write_notebook("truth_dead", [LOAD, LOOP, "print(total)"])
+    element = started_loop(lab, page, name)
+    key = element.get_attribute("data-key")
+    assert key == f"{name}/cell-" + key.split("/cell-")[1], key
+    assert element.get_attribute("data-status") == "running"
+    assert Path(element.get_attribute("data-directory")).is_absolute()
+
+    os.kill(lab.kernel_pid(name), signal.SIGKILL)
+    killed = time.monotonic()
+    disk = on_disk(lab, monkeypatch, key)  # what the extension reads through the server
+    assert disk.position is not None and disk.created is not None
+    assert Path(element.get_attribute("data-directory")) == Path(disk.path)
+    checkpoint = {
+        "iteration": disk.position,
+        "position": disk.position,
+        "total": disk.total,
+        "time": disk.created,
+        "folder_exists": True,
+    }
+    element.evaluate(
+        "(el, checkpoint) => el.dispatchEvent(new CustomEvent('resumable-kernel-died', {detail: {checkpoint}}))",
+        checkpoint,
+    )
+    page.wait_for_function(
+        "el => el.dataset.status === 'dead'", arg=element.element_handle(), timeout=5000, polling=100
+    )
+    assert time.monotonic() - killed < 5
+    said = element.locator(".rm-alert").inner_text().strip()
+    m = DEATH.fullmatch(said)
+    assert m, said
+    reached, saved, clock, redone = int(m[1]), int(m[2]), m[3], int(m[4])
+    assert saved == disk.position and clock == time.strftime("%H:%M:%S", time.localtime(disk.created))
+    shown = int(element.locator(".rm-position").inner_text().split("/")[0].split("·")[1].replace(",", ""))
+    assert reached == shown >= saved and redone == reached - saved, (said, shown)
+    assert element.locator(".rm-state").inner_text().strip() == "kernel died"
+    assert element.locator(".rm-alert").evaluate("el => getComputedStyle(el).color") == "rgb(183, 28, 28)"
+    lab.screenshot(page, "truth-kernel-died", element)
+
+    accept_restart(lab, page)
+    element.evaluate("el => el.dispatchEvent(new CustomEvent('resumable-kernel-restarted'))")
+    assert element.get_attribute("data-status") == "dead", "a restarted kernel does not revive the old run"
+    assert element.locator(".rm-alert").inner_text().strip() == said + " The kernel has restarted."
+
+    # run again: it resumes; each fact once in the widget, once in stdout
+    lab.run_cell(page, 0)
+    lab.run_cell(page, 1, wait=False)
+    element = widget(lab, page, 1)
+    lab.wait_text(page, 1, ".rm-state", "t => t === 'finished'", timeout=60_000)
+    lab.wait_cell_done(page, 1, timeout=60_000)
+    assert element.get_attribute("data-status") == "done"
+    panel = element.inner_text()
+    stdout = "\n".join(
+        lab.cell(page, 1)
+        .locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stdout']")
+        .all_inner_texts()
+    )
+    assert panel.count("resumed from iteration") == 1 and "Resumed" not in panel, panel
+    assert stdout.count(f"Resumed total from the checkpoint at iteration {saved} of 400") == 1, stdout
+    assert panel.count("died") == 1 and stdout.count("died") == 1, (panel, stdout)
+    assert re.search(r"The previous kernel \(pid \d+\) died; this kernel takes the run over\.", stdout)
+    assert "Took over" not in panel + stdout and "previous owner" not in panel + stdout
+    assert "total 79800" in stdout
+    lab.screenshot(page, "truth-resumed-finished", element)
+    lab.run_cell(page, 2)
+    assert lab.outputs(page, 2)[0].strip() == "79800"
+
+
+def test_without_the_extension_a_silent_kernel_turns_the_widget_amber_not_red(lab, page):
+    name = lab.write_notebook("truth_silent", [LOAD, LOOP])
+    element = started_loop(lab, page, name)
+    assert element.get_attribute("data-silent") == "false"
+    os.kill(lab.kernel_pid(name), signal.SIGKILL)
+    killed = time.monotonic()
+    page.wait_for_function(
+        "el => el.dataset.silent === 'true'", arg=element.element_handle(), timeout=15_000, polling=100
+    )
+    silent_after = time.monotonic() - killed
+    assert 4 <= silent_after <= 9, silent_after  # the last heartbeat was at most ~1 s before the kill
+    said = element.locator(".rm-alert").inner_text().strip()
+    assert re.fullmatch(r"No word from the kernel for \d+ s \(busy in one long call, or gone\)\.", said), said
+    assert element.get_attribute("data-status") == "running", "never red without evidence"
+    assert element.locator(".rm-alert").evaluate("el => getComputedStyle(el).color") == "rgb(141, 94, 0)"
+    lab.screenshot(page, "truth-kernel-silent", element)
+    # the count goes on while the silence lasts
+    first = int(said.split("for ")[1].split(" s")[0])
+    lab.wait_text(page, 1, ".rm-alert", "(t, n) => parseInt(t.split('for ')[1]) > n", first, timeout=5000)
+    accept_restart(lab, page)
+    assert (
+        element.get_attribute("data-status") == "running" and element.get_attribute("data-silent") == "true"
+    )
+
+
+def test_an_interrupt_ends_with_one_orange_line_and_no_error_box(lab, page, monkeypatch):
+    name = lab.write_notebook("truth_interrupt", [LOAD, LOOP, "print('queued cell ran')"])
+    element = started_loop(lab, page, name)
+    lab.run_cell(page, 2, wait=False)  # queued behind the loop
+    kernel = next(s["kernel"]["id"] for s in lab.api("/api/sessions") if s["path"] == name)
+    lab.api(f"/api/kernels/{kernel}/interrupt", method="POST")  # the toolbar's stop button
+    page.wait_for_function(
+        "el => el.dataset.status === 'interrupted'", arg=element.element_handle(), timeout=30_000, polling=100
+    )
+    lab.wait_cell_done(page, 1)
+    cell = lab.cell(page, 1)
+    errors = cell.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+    assert errors.count() == 0, errors.all_inner_texts()
+    stdout = cell.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stdout']")
+    lines = [line for text in stdout.all_inner_texts() for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    m = re.fullmatch(
+        r"interrupted at iteration (\d+) in .*; checkpoint saved at iteration (\d+) \(\d\d:\d\d:\d\d\): "
+        r"run the cell again to resume",
+        lines[0],
+    )
+    assert m and m[1] == m[2], lines[0]
+    colour = stdout.locator("span").first.evaluate("el => getComputedStyle(el).color")
+    assert colour == "rgb(255, 135, 0)", colour  # ANSI 208, orange
+    disk = on_disk(lab, monkeypatch, element.get_attribute("data-key"))
+    assert disk.position == int(m[2]) and disk.state == "interrupted"
+    panel = element.inner_text()
+    assert "Interrupt received" not in panel and panel.count("interrupted at iteration") == 1, panel
+    assert "Traceback" not in panel and "KeyboardInterrupt" not in " ".join(lab.outputs(page, 1))
+    lab.screenshot(page, "truth-interrupted", cell)
+    # the kernel skipped the cell queued after the interrupted one, as after any interrupt
+    page.wait_for_function(
+        "cell => !cell.querySelector('.jp-InputPrompt').textContent.includes('*')",
+        arg=lab.cell(page, 2).element_handle(),
+        timeout=30_000,
+    )
+    assert "queued cell ran" not in " ".join(lab.outputs(page, 2))
+
+
+def test_a_notebook_saved_after_the_death_reopens_dead_not_running(lab, page, browser, monkeypatch):
+    settings = lab.root.parent / "settings" / "@jupyter-widgets" / "jupyterlab-manager"
+    settings.mkdir(parents=True, exist_ok=True)
+    (settings / "plugin.jupyterlab-settings").write_text(json.dumps({"saveState": True}))
+    try:
+        name = lab.write_notebook("truth_saved", [LOAD, LOOP])
+        element = started_loop(lab, page, name)
+        os.kill(lab.kernel_pid(name), signal.SIGKILL)
+        element.evaluate("el => el.dispatchEvent(new CustomEvent('resumable-kernel-died', {detail: {}}))")
+        said = element.locator(".rm-alert").inner_text().strip()
+        assert DEATH.fullmatch(said), said  # without the disk's figure: the last the kernel reported
+        accept_restart(lab, page)
+        lab.cell(page, 0).locator(".jp-InputArea-editor").click()
+        page.keyboard.press("Escape")
+        page.keyboard.press("Control+s")
+
+        def saved():
+            nb = json.loads((lab.root / name).read_text())
+            state = nb["metadata"].get("widgets", {}).get("application/vnd.jupyter.widget-state+json")
+            return (nb, state) if state else None
+
+        deadline = time.monotonic() + 30
+        while not saved():
+            assert time.monotonic() < deadline, "the notebook was not saved with its widget state"
+            time.sleep(0.1)  # polling the file for the save, not a wait for a race
+        nb, state = saved()
+        panels = [
+            m["state"]
+            for m in state["state"].values()
+            if m["state"].get("_anywidget_id", "").endswith("RunPanel")
+        ]
+        assert len(panels) == 1 and panels[0]["death"] is not None and panels[0]["status"] == "running", (
+            panels
+        )
+        plain = nb["cells"][1]["outputs"]
+        plain = [o["data"]["text/plain"] for o in plain if o["output_type"] == "display_data"]
+        assert (
+            len(plain) == 1
+            and plain[0].startswith("running since ")
+            and "the kernel stopped first" in plain[0]
+        )
+
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        try:
+            reopened = context.new_page()
+            lab.open(reopened, name)
+            again = lab.cell(reopened, 1).locator(".resumable-widget")
+            again.wait_for(state="visible", timeout=30_000)
+            assert again.get_attribute("data-status") == "dead"
+            assert again.locator(".rm-alert").inner_text().strip() == said
+            lab.screenshot(reopened, "truth-reopened-dead", again)
+        finally:
+            context.close()
+    finally:
+        (settings / "plugin.jupyterlab-settings").unlink()
