@@ -73,6 +73,7 @@ function render({ model, el }) {
   }
 
   function drawAlert() {
+    const view = model.get("view");
     const death = model.get("death");
     let text = "";
     let kind = "";
@@ -91,6 +92,10 @@ function render({ model, el }) {
     alert.className = `rm-alert${kind ? ` rm-alert-${kind}` : ""}`;
     alert.textContent = text;
     root.dataset.silent = kind === "silent" ? "true" : "false";
+    const badge = { dead: ["kernel died", DEAD], silent: ["silent", SILENT] }[kind] ?? [view.word, view.colour];
+    word.textContent = badge[0];
+    word.style.background = badge[1];
+    fill.style.background = badge[1];
   }
 
   function draw() {
@@ -100,11 +105,8 @@ function render({ model, el }) {
     root.dataset.directory = model.get("directory");
     root.dataset.status = now;
     word.className = `rm-state-word rm-state-${now === "dead" ? "dead" : view.state}`;
-    word.style.background = now === "dead" ? DEAD : view.colour;
-    word.textContent = now === "dead" ? "kernel died" : view.word;
     bar.hidden = view.total == null;
     fill.style.width = `${view.total ? Math.min(100, (100 * view.position) / view.total) : 0}%`;
-    fill.style.background = now === "dead" ? DEAD : view.colour;
     position.textContent = view.count;
     details.innerHTML = view.details_html;
     drawAlert();
