@@ -156,7 +156,6 @@ def test_without_the_extension_a_silent_kernel_turns_the_widget_amber_not_red(la
     assert element.get_attribute("data-status") == "running", "never red without evidence"
     assert element.locator(".rm-state").inner_text().strip() == "silent"
     assert element.locator(".rm-alert").evaluate("el => getComputedStyle(el).color") == "rgb(141, 94, 0)"
-    lab.screenshot(page, "truth-kernel-silent", element)
     # the count goes on while the silence lasts
     first = int(said.split("for ")[1].split(" s")[0])
     lab.wait_text(page, 1, ".rm-alert", "(t, n) => parseInt(t.split('for ')[1]) > n", first, timeout=5000)
