@@ -30,13 +30,14 @@ function duration(seconds) {
 export function deathText(view, checkpoint) {
   const total = checkpoint?.total ?? view.total;
   const of = total == null ? "" : ` of ${count(total)}`;
-  const reached = view.position;
-  let text = `Kernel died at about iteration ${count(reached)}${of}.`;
   if (checkpoint && checkpoint.folder_exists === false) {
-    return `${text} No checkpoint on disk: running the cell again starts over.`;
+    return `Kernel died at about iteration ${count(view.position)}${of}. No checkpoint on disk: running the cell again starts over.`;
   }
   const last = checkpoint ? { iteration: checkpoint.iteration ?? checkpoint.position, time: checkpoint.time }
     : view.last_checkpoint;
+  // The disk can be ahead of the last count the kernel sent (a background writer commits first).
+  const reached = Math.max(view.position, last?.iteration ?? 0);
+  let text = `Kernel died at about iteration ${count(reached)}${of}.`;
   if (!last) return `${text} No checkpoint was written: running the cell again starts over.`;
   const when = typeof last.time === "number" ? clock(last.time) : String(last.time ?? "");
   text += ` Last checkpoint: iteration ${count(last.iteration)}${when ? ` (${when})` : ""}.`;

@@ -208,11 +208,10 @@ def summary_line(snap: RunSnapshot) -> str:
             kept_at, kept_wall = snap.resumed.from_position, snap.resumed.checkpoint_wall_time
         else:
             return text + ", no checkpoint written"
-        saved = "checkpoint saved at" if snap.state == "interrupted" else "kept the checkpoint at"
-        text += (
-            f"; {saved} iteration {format_count(kept_at)} ({format_clock(kept_wall, snap.now_wall)}): "
-            "run the cell again to resume"
-        )
+        saved = "checkpoint saved" if snap.state == "interrupted" else "kept the checkpoint"
+        # where the run stopped, when the checkpoint is there (an interrupt's): said once
+        where = "there" if kept_at == snap.position else f"at iteration {format_count(kept_at)}"
+        text += f"; {saved} {where} ({format_clock(kept_wall, snap.now_wall)}): run the cell again to resume"
     return text
 
 
