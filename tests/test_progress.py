@@ -519,7 +519,8 @@ def test_widget_renders_state_bar_and_details(widget_view, clock):
     html = view.panel.view["details_html"]
     assert view.panel.view["state"] == "failed" and view.panel.status == "failed"
     assert "rm-since" not in html  # a relative time means nothing after the end
-    assert "rm-last-clock" in html and "rm-summary" in html
+    assert "rm-summary" in html and "rm-checkpoints" not in html  # the summary says it, once
+    assert html.count("overhead") == 1 and "mean rate" in html
 
 
 def test_widget_shows_an_interrupt_being_honoured_until_the_run_stops(widget_view, clock, capsys):

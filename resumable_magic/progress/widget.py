@@ -229,9 +229,14 @@ def _count_text(snap: RunSnapshot) -> str:
 
 def _details_html(snap: RunSnapshot) -> str:
     rows = []
-    if snap.ended:
+    if snap.ended:  # the summary says the time, the checkpoints and the overhead: not said again below
         rows.append(f"<b>{_span('rm-summary', summary_line(snap))}</b>")
-    if snap.info is not None and not snap.info.replayed:
+        if snap.state != "replayed":
+            rows.append(
+                "mean rate "
+                + _span("rm-rate", format_rate(snap.done / snap.elapsed if snap.elapsed else None))
+            )
+    elif snap.info is not None and not snap.info.replayed:
         speed = [_span("rm-rate", format_rate(snap.rate))]
         if snap.eta is not None:
             speed.append("ETA " + _span("rm-eta", format_duration(snap.eta, whole=True)))
@@ -258,6 +263,7 @@ def _details_html(snap: RunSnapshot) -> str:
 
 
 def _checkpoint_html(snap: RunSnapshot) -> str:
+    """The checkpoint row while the run goes on (once it ended, the summary says it)."""
     last: CheckpointStats | None = snap.last_checkpoint
     overhead = "overhead " + _span("rm-overhead", f"{snap.overhead:.1%}")
     if last is None:
@@ -265,7 +271,7 @@ def _checkpoint_html(snap: RunSnapshot) -> str:
         if snap.resumed is not None:
             restored = format_clock(snap.resumed.checkpoint_wall_time, snap.now_wall)
             parts.append("restored checkpoint of " + _span("rm-last-clock", restored))
-        if snap.since_checkpoint is not None and not snap.ended:
+        if snap.since_checkpoint is not None:
             since = _span("rm-since", format_duration(snap.since_checkpoint, whole=True))
             parts.append(f"no new checkpoint yet, started {since} ago")
         elif not parts:
@@ -274,15 +280,10 @@ def _checkpoint_html(snap: RunSnapshot) -> str:
     clock = _span(
         "rm-last-clock", format_clock(last.wall_time, snap.now_wall), "wall-clock time of the last checkpoint"
     )
-    if snap.ended:  # a relative time would mean nothing once the run is over
-        head = f"last checkpoint at {clock}, " + _span(
-            "rm-saved-at", f"iteration {format_count(last.position)}"
-        )
-    else:
-        since = _span("rm-since", format_duration(snap.since_checkpoint or 0.0, whole=True))
-        head = f"last checkpoint {since} ago at {clock} · " + _span(
-            "rm-unsaved", f"{format_count(snap.unsaved)} iterations unsaved"
-        )
+    since = _span("rm-since", format_duration(snap.since_checkpoint or 0.0, whole=True))
+    head = f"last checkpoint {since} ago at {clock} · " + _span(
+        "rm-unsaved", f"{format_count(snap.unsaved)} iterations unsaved"
+    )
     parts = [
         head,
         _span("rm-checkpoints", f"{snap.checkpoints} written"),
