@@ -620,3 +620,11 @@ def test_a_checkpoint_that_rewrote_nothing_says_unchanged_not_zero_bytes():
     assert "4.0 KiB, unchanged in" in checkpoint_text(model.snapshot())
     model.checkpoint_finished(CheckpointStats(3, 9, T0, nbytes=4096, seconds=0.01, written=1024))
     assert "4.0 KiB, 1.0 KiB new in" in checkpoint_text(model.snapshot())
+
+
+def test_resume_text_is_in_the_past_once_the_run_ended(model, clock):
+    from resumable_magic.progress.text import resume_text
+
+    model.run_started(start(total=1000, start_position=600, resumed=ResumeInfo(600, T0, 3, 37, 12.0)))
+    model.run_ended("finished")
+    assert resume_text(model.snapshot()).endswith(", 37 iterations (12 s) redone")

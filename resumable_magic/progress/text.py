@@ -126,7 +126,8 @@ def checkpoint_text(snap: RunSnapshot) -> str:
 
 
 def resume_text(snap: RunSnapshot) -> str:
-    """``resumed from iteration 1,200 (checkpoint of 14:03:22), redoing 37 iterations (12 s)``, or ''."""
+    """``resumed from iteration 1,200 (checkpoint of 14:03:22), redoing 37 iterations (12 s)`` (once
+    the run ended: ``..., 37 iterations (12 s) redone``), or ''."""
     info = snap.info
     if info is None:
         return ""
@@ -146,7 +147,8 @@ def resume_text(snap: RunSnapshot) -> str:
         if resumed.redone_seconds is not None:
             lost.append(format_duration(resumed.redone_seconds))
     if lost:
-        text += f", redoing {lost[0]}" + (f" ({lost[1]})" if len(lost) > 1 else "")
+        took = f" ({lost[1]})" if len(lost) > 1 else ""
+        text += f", {lost[0]}{took} redone" if snap.ended else f", redoing {lost[0]}{took}"
     return text
 
 
