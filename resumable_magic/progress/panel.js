@@ -117,7 +117,7 @@ function render({ model, el }) {
     if (model.get("death") || model.get("status") !== "running") return; // an ended run stays as it ended
     const checkpoint = event.detail?.checkpoint ?? null;
     // Kept in the model, so that a notebook saved now reopens in this state; never sent (no kernel).
-    model.set("death", { view: model.get("view"), checkpoint, at: Date.now() / 1000 });
+    model.set("death", { view: model.get("view"), checkpoint });
     draw();
   }
 

@@ -129,6 +129,6 @@ def test_killed_kernel_resumes_with_message_in_widget(lab, page):
     summary = text(panel.locator(".rm-summary"))
     assert summary.startswith("finished: 60 iterations ("), summary
     assert "resumed" not in summary, summary  # the resume row says it, once
-    assert text(panel.locator(".rm-resume")) == resumed
+    assert text(panel.locator(".rm-resume")).startswith(m.group(0))
     assert any("total 1770" in t for t in lab.outputs(page, 1))
     lab.screenshot(page, "magic-widget-resumed-finished", panel)

@@ -106,7 +106,8 @@ def test_dead_kernel_turns_the_widget_red_with_the_checkpoint_on_disk_then_resum
     reached, saved, clock, redone = int(m[1]), int(m[2]), m[3], int(m[4] or 0)
     assert saved == disk.position and clock == time.strftime("%H:%M:%S", time.localtime(disk.created))
     shown = int(element.locator(".rm-position").inner_text().split("/")[0].split("·")[1].replace(",", ""))
-    assert reached == shown >= saved and redone == reached - saved, (said, shown)
+    # the widget's count lags the loop by up to half a second, and the disk can be ahead of it
+    assert reached == max(shown, saved) and redone == reached - saved, (said, shown)
     assert element.locator(".rm-state").inner_text().strip() == "kernel died"
     assert element.locator(".rm-alert").evaluate("el => getComputedStyle(el).color") == "rgb(183, 28, 28)"
     lab.screenshot(page, "truth-kernel-died", element)
