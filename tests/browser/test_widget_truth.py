@@ -8,6 +8,8 @@
   "no word from the kernel", never red.
 - An interrupt ends the cell with one orange line, no red error box, no lingering "Interrupt
   received" message, and the cells queued after it do not run.
+- A notebook saved with its widget state while running reopens silent, not running.
+- Notebook 7 (served by the same server) renders the widget, and a killed kernel turns it amber.
 """
 
 from __future__ import annotations
@@ -268,3 +270,25 @@ def test_a_notebook_saved_while_running_reopens_silent_not_running(lab, page, br
             context.close()
     finally:
         (settings / "plugin.jupyterlab-settings").unlink()
+
+
+def test_in_notebook_7_the_widget_renders_and_a_killed_kernel_turns_it_amber(lab, page):
+    """Notebook 7 (served by the same server) renders the widget's own view; without the extension a
+    SIGKILLed kernel turns it amber after its heartbeat stops, as in JupyterLab."""
+    name = lab.write_notebook("truth_nb7", [LOAD, LOOP])
+    page.goto(f"{lab.url}/notebooks/{name}?token={lab.token}")
+    page.locator(".jp-Cell").first.wait_for(state="visible", timeout=60_000)
+    lab.wait_kernel_ready(page)  # Notebook 7's panel and toolbar have Lab's classes
+    lab.run_cell(page, 0)
+    lab.run_cell(page, 1, wait=False)
+    element = widget(lab, page, 1)
+    lab.wait_text(page, 1, ".rm-checkpoints", "t => parseInt(t) >= 3", timeout=30_000)
+    assert element.get_attribute("data-status") == "running" and element.get_attribute("data-key")
+    os.kill(lab.kernel_pid(name), signal.SIGKILL)
+    page.wait_for_function(
+        "el => el.dataset.silent === 'true'", arg=element.element_handle(), timeout=15_000, polling=100
+    )
+    assert element.get_attribute("data-status") == "running"
+    said = element.locator(".rm-alert").inner_text().strip()
+    assert re.fullmatch(r"No word from the kernel for \d+ s \(busy in one long call, or gone\)\.", said), said
+    lab.screenshot(page, "truth-notebook7-silent", element)
