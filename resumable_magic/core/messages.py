@@ -161,7 +161,7 @@ def takeover_text(previous: Mapping[str, Any], gone: bool, now: float | None = N
     if gone:
         return f"The previous kernel ({who}) died; this kernel takes the run over."
     try:
-        silent = f" for {format_duration(max(0.0, (now or time.time()) - float(previous['heartbeat'])))}"
+        silent = f" for {format_duration(max(0.0, (time.time() if now is None else now) - float(previous['heartbeat'])))}"
     except (KeyError, TypeError, ValueError, OverflowError):
         silent = ""
     return (
