@@ -43,6 +43,7 @@ QUICK: dict[str, list[str]] = {
     "bench_snapshot.py": ["--quick"],
     "bench_shards.py": ["--quick"],
     "bench_widget.py": ["--iterations", "20000", "--rounds", "1"],
+    "bench_widget_render.py": ["--calls", "20", "--rounds", "1"],
     "bench_serialize.py": ["--cases", "array,tuples,notebook", "--array-mib", "1", "--rounds", "1"],
     "bench_alternatives.py": ["--states", "small,notebook", "--rounds", "1"],
 }

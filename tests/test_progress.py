@@ -41,10 +41,10 @@ class Clock:
         self.t += dt
 
 
-def start(total=1000, start_position=0, resumed=None, replayed=False, resumes=None) -> StartInfo:
+def start(total=1000, start_position=0, resumed=None, replayed=False) -> StartInfo:
     return StartInfo(
         key="k", names=("x",), total=total, start_position=start_position, policy="every 30s",
-        resumed=resumed, replayed=replayed, resumes=resumes,
+        resumed=resumed, replayed=replayed,
     )  # fmt: skip
 
 
@@ -278,18 +278,11 @@ def test_summary_line_finished_with_resume(model, clock):
     clock.tick(79)
     model.advanced(1000)
     model.run_ended("finished")
+    # the resume is the banner's to say (once in stdout) and the widget's resume row's, not the summary's
     assert model.summary() == (
-        "finished: 1,000 iterations (400 this run) in 1 min 20 s, 1 checkpoint (last 4.0 KiB), "
-        "overhead 1.2%, resumed from iteration 600 (37 iterations redone)"
+        "finished: 1,000 iterations (400 this run) in 1 min 20 s, 1 checkpoint (last 4.0 KiB), overhead 1.2%"
     )
     assert model.line() == model.summary()
-
-
-def test_summary_counts_resumes_when_known(model, clock):
-    resumed = ResumeInfo(from_position=5, checkpoint_wall_time=T0, generation=1)
-    model.run_started(start(total=10, start_position=5, resumed=resumed, resumes=3))
-    model.run_ended("finished")
-    assert "resumed 3 times, last from iteration 5" in model.summary()
 
 
 def test_summary_interrupted_and_failed_name_the_kept_checkpoint(clock):
@@ -450,24 +443,48 @@ def widget_view(clock):
     view.run_ended("finished")  # stops the timer thread
 
 
-def test_widget_text_plain_is_the_line_then_the_summary(widget_view, clock):
+def test_widget_text_plain_says_when_it_started_then_the_summary(widget_view, clock):
     view, display = widget_view
     view.run_started(start(total=40))
-    first = display.shown[0]
-    assert first["text/plain"] == "running 0% 0/40 | - it/s | no checkpoint yet, overhead 0.0%"
+    first = display.shown[0][0]  # anywidget's bundle: (data, metadata)
+    since = format_clock(clock.wall(), clock.wall())
+    assert first["text/plain"] == (
+        f"running since {since}, from iteration 0 of 40 (the summary replaces this line when the run "
+        "ends: if it is still here, the kernel stopped first)"
+    )
     assert "application/vnd.jupyter.widget-view+json" in first
     view.checkpoint_started(0)
     view.checkpoint_finished(stats(0, wall=clock.wall()))
     clock.tick(2)
     view.advanced(40)
-    assert repr(view.panel) == view.line()
+    assert repr(view.panel) == first["text/plain"]
     view.run_ended("finished")
-    last = display.shown[-1]
+    last = display.shown[-1][0]
     assert last["text/plain"] == view.summary() and last["text/plain"].startswith("finished: 40 iterations")
     assert (
         last["application/vnd.jupyter.widget-view+json"] == first["application/vnd.jupyter.widget-view+json"]
     )
-    assert "VBox" not in str(display.shown)
+
+
+def test_widget_panel_carries_key_folder_status_and_heartbeat(widget_view, clock):
+    view, _ = widget_view
+    view.run_started(StartInfo("nb.ipynb/cell-1", ("x",), 10, 0, "every 1it", directory="/tmp/ck/nb"))
+    panel = view.panel
+    assert (panel.key, panel.directory, panel.status) == ("nb.ipynb/cell-1", "/tmp/ck/nb", "running")
+    assert panel.heartbeat == clock.wall() and panel.death is None
+    beat = panel.heartbeat
+    clock.tick(0.5)
+    view._render()
+    assert panel.heartbeat == beat  # about once a second, not at every render
+    clock.tick(0.6)
+    view._render()
+    assert panel.heartbeat == clock.wall()
+    view.checkpoint_started(4)
+    view._render()
+    assert panel.status == "running" and panel.view["state"] == "checkpointing"
+    for outcome, status in (("interrupted", "interrupted"), ("failed", "failed"), ("finished", "done")):
+        view.run_ended(outcome)
+        assert panel.status == status
 
 
 def test_widget_renders_state_bar_and_details(widget_view, clock):
@@ -476,37 +493,62 @@ def test_widget_renders_state_bar_and_details(widget_view, clock):
     view.run_started(start(total=40, start_position=20, resumed=resumed))
     view.message("info", "Resumed total from the checkpoint at iteration 20 of 40 (written ...).")
     view.message("warning", "the <cell> changed")
-    assert "restored checkpoint of" in view.details.value and "no new checkpoint yet" in view.details.value
+    shown = view.panel.view
+    assert (
+        "restored checkpoint of" in shown["details_html"] and "no new checkpoint yet" in shown["details_html"]
+    )
+    assert shown["last_checkpoint"] == {"iteration": 20, "time": T0}  # the restored one
     view.checkpoint_started(25)
     view._render()
-    assert "rm-state-checkpointing" in view.state_label.value and view.bar.bar_style == "warning"
+    assert view.panel.view["state"] == "checkpointing" and view.panel.view["colour"] == "#f9a825"
     view.checkpoint_finished(stats(25, nbytes=3 * 2**20, seconds=0.25, wall=clock.wall()))
     clock.tick(3)
     view.advanced(30)
     view._render()
-    html = view.details.value
-    assert view.bar.max == 40 and view.bar.value == 30
-    assert "75% · 30 / 40" in view.count_label.value
+    shown = view.panel.view
+    html = shown["details_html"]
+    assert (shown["position"], shown["total"], shown["count"]) == (30, 40, "75% · 30 / 40")
+    assert shown["last_checkpoint"] == {"iteration": 25, "time": clock.wall() - 3}
     assert '<span class="rm-since">3 s</span>' in html
     assert '<span class="rm-checkpoints">1 written</span>' in html and "3.0 MiB" in html
     assert '<span class="rm-unsaved">5 iterations unsaved</span>' in html
-    assert "resumed from iteration 20" in html and "redoing 4 iterations" in html
+    assert html.count("resumed from iteration 20") == 1 and "redoing 4 iterations" in html
     assert "Resumed total from" not in html  # the run's banner is shown as the resume row
     assert "the &lt;cell&gt; changed" in html  # escaped
     view.run_ended("failed", "ZeroDivisionError: division by zero")
-    assert "rm-state-failed" in view.state_label.value and view.bar.bar_style == "danger"
-    assert "rm-since" not in view.details.value  # a relative time means nothing after the end
-    assert "rm-last-clock" in view.details.value and "rm-summary" in view.details.value
+    html = view.panel.view["details_html"]
+    assert view.panel.view["state"] == "failed" and view.panel.status == "failed"
+    assert "rm-since" not in html  # a relative time means nothing after the end
+    assert "rm-summary" in html and "rm-checkpoints" not in html  # the summary says it, once
+    assert html.count("overhead") == 1 and "mean rate" in html
 
 
-def test_widget_without_total_hides_the_bar_and_counts(widget_view, clock):
+def test_widget_shows_an_interrupt_being_honoured_until_the_run_stops(widget_view, clock, capsys):
+    view, _ = widget_view
+    view.run_started(start(total=40))
+    view.message("transient", "Interrupt received: finishing this iteration")
+    view._render()
+    assert "Interrupt received" in view.panel.view["details_html"]
+    view.checkpoint_started(7)
+    view.checkpoint_finished(stats(7, wall=clock.wall()))
+    view.run_ended("interrupted")
+    assert "Interrupt received" not in view.panel.view["details_html"]  # replaced by the summary
+    out = capsys.readouterr()
+    assert "Interrupt received" not in out.out + out.err
+    lines = out.out.splitlines()
+    assert len(lines) == 1 and lines[0] == f"\x1b[38;5;208m{view.summary()}\x1b[0m", lines
+    assert view.summary().startswith("interrupted at iteration 7 in ")
+    assert view.panel.view["details_html"].count("interrupted at iteration 7") == 1
+
+
+def test_widget_without_total_counts(widget_view, clock):
     view, _ = widget_view
     view.run_started(start(total=None))
     clock.tick(1)
     view.advanced(7)
     view._render()
-    assert view.bar.layout.display == "none"
-    assert "7 iterations" in view.count_label.value and "7.00 it/s" in view.details.value
+    assert view.panel.view["total"] is None and view.panel.view["count"] == "7 iterations"
+    assert "7.00 it/s" in view.panel.view["details_html"]
 
 
 def test_widget_timer_ticks_from_its_thread_and_stops_at_the_end():
@@ -578,3 +620,11 @@ def test_a_checkpoint_that_rewrote_nothing_says_unchanged_not_zero_bytes():
     assert "4.0 KiB, unchanged in" in checkpoint_text(model.snapshot())
     model.checkpoint_finished(CheckpointStats(3, 9, T0, nbytes=4096, seconds=0.01, written=1024))
     assert "4.0 KiB, 1.0 KiB new in" in checkpoint_text(model.snapshot())
+
+
+def test_resume_text_is_in_the_past_once_the_run_ended(model, clock):
+    from resumable_magic.progress.text import resume_text
+
+    model.run_started(start(total=1000, start_position=600, resumed=ResumeInfo(600, T0, 3, 37, 12.0)))
+    model.run_ended("finished")
+    assert resume_text(model.snapshot()).endswith(", 37 iterations (12 s) redone")

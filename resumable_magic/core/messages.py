@@ -6,6 +6,7 @@ Pure functions (no I/O), so that every message is testable and the run's code re
 from __future__ import annotations
 
 import difflib
+import socket
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -24,6 +25,7 @@ __all__ = [
     "resume_text",
     "size_limit_text",
     "stopped_text",
+    "takeover_text",
     "undefined_name_error",
     "unnamed_change_text",
     "when",
@@ -144,9 +146,28 @@ def resume_text(
     return text + " Work done after that checkpoint, if any, is redone."
 
 
+#: Shown while an interrupt is honoured, and replaced when the run has stopped (a transient message).
 INTERRUPT_TEXT = (
     "Interrupt received: finishing this iteration, then saving a checkpoint (interrupt again to stop now)."
 )
+
+
+def takeover_text(previous: Mapping[str, Any], gone: bool, now: float | None = None) -> str:
+    """Who ran the run before this process, in plain words: ``The previous kernel (pid 17549) died;
+    this kernel takes the run over.`` (its host is named when it is not this one)."""
+    who = f"pid {previous.get('pid')}"
+    if previous.get("host") != socket.gethostname():
+        who += f" on host {previous.get('host')}"
+    if gone:
+        return f"The previous kernel ({who}) died; this kernel takes the run over."
+    try:
+        silent = f" for {format_duration(max(0.0, (time.time() if now is None else now) - float(previous['heartbeat'])))}"
+    except (KeyError, TypeError, ValueError, OverflowError):
+        silent = ""
+    return (
+        f"The previous kernel ({who}) has not renewed its hold on the run{silent}, longer than its "
+        f"lease allows: it is stopped or cut off. This kernel takes the run over."
+    )
 
 
 def stopped_text(signal_name: str, position: int) -> str:

@@ -137,7 +137,8 @@ class Resumable:
 
         # What the loop drivers see (iteration.LoopRun): the position, the wake flag, next_at.
         self.position = 0  # completed iterations
-        self._wakeup = Wakeup(lambda: self._info(messages.INTERRUPT_TEXT))
+        # transient: replaced by the summary once the loop has stopped
+        self._wakeup = Wakeup(lambda: self.progress.message("transient", messages.INTERRUPT_TEXT))
         self.wake = self._wakeup.flag  # raised by the timer thread and signals; tested at every boundary
         self.next_at = -1  # where the iteration policy is next due (-1: none): policy.next_due_at
         self.total: int | None = None
@@ -210,8 +211,8 @@ class Resumable:
             raise CheckpointWriteError(self.store.path, "checkpoint folder", exc, "nothing was run") from None
         self.store.fence = self.lease.fenced
         if took_over:  # a crashed kernel's lease is the usual case; a stopped or silent owner is news
-            say = self._info if "its process is gone" in took_over else self._warn
-            say(f"Took over run {self.key!r} from its previous owner: {took_over}.")
+            gone = "its process is gone" in took_over
+            (self._info if gone else self._warn)(messages.takeover_text(self.lease.previous or {}, gone))
         try:
             self.store.clean_temporaries()
             self._start = start = find_start(
@@ -363,8 +364,8 @@ class Resumable:
         if not self._ended and not self.replayed and self._started and self.lease.lost is None:
             self._ended = True
             outcome, detail, error = None, "", None
-            if isinstance(exc, RunInterrupted):
-                outcome, detail = "interrupted", str(exc)
+            if isinstance(exc, RunInterrupted):  # the summary names the checkpoint saved
+                outcome = "interrupted"
             elif isinstance(exc, KeyboardInterrupt):  # a second interrupt: stopped mid-iteration
                 outcome, detail = "interrupted", f"stopped at once; {self.checkpoints.kept()}"
             elif exc is not None:
@@ -445,6 +446,7 @@ class Resumable:
             policy=self.policy.describe(),
             resumed=resumed,
             replayed=self.replayed,
+            directory=str(self.store.path),
         )
 
 

@@ -148,22 +148,27 @@ class ResumableMagics(Magics):
                 )
         full_cell = f"%%resumable {line}\n{cell}"
         filename = shell.compile.cache(full_cell, shell.execution_count)
-        run_cell(
-            source,
-            names,
-            shell.user_ns,
-            key=key,
-            dir=directory,
-            every=args.every or self.every,
-            fresh=args.fresh,
-            accept_changes=args.accept_changes,
-            progress=progress,
-            filename=filename,
-            line_offset=1,
-            code=cell,
-            params=_split_names(args.params or []),
-            max_size=args.max_size,
-        )
+        try:
+            run_cell(
+                source,
+                names,
+                shell.user_ns,
+                key=key,
+                dir=directory,
+                every=args.every or self.every,
+                fresh=args.fresh,
+                accept_changes=args.accept_changes,
+                progress=progress,
+                filename=filename,
+                line_offset=1,
+                code=cell,
+                params=_split_names(args.params or []),
+                max_size=args.max_size,
+            )
+        except KeyboardInterrupt as stop:
+            if progress.state != "interrupted":
+                raise  # not the run's stop (before it began, or after it ended): as plain Python
+            _end_interrupted(shell, stop)
 
     # -- helpers -------------------------------------------------------------------------------------
     def _parse(self, line: str) -> Any:
@@ -196,6 +201,16 @@ class ResumableMagics(Magics):
         )
 
         return make_widget_progress(quiet)
+
+
+def _end_interrupted(shell: Any, stop: KeyboardInterrupt) -> None:
+    """End a cell whose run stopped on request without a traceback: the view said so in one orange
+    line, with the checkpoint saved. The cell still counts as failed (so the kernel skips the cells
+    queued after it, as after any interrupt): IPython's result of the running cell is marked, which
+    is what the kernel's reply reads; nothing is shown."""
+    result = getattr(shell.displayhook, "exec_result", None)
+    if result is not None:
+        result.error_in_exec = stop
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -11,7 +11,9 @@ Contract with ``run.py`` (the calls the run makes, in order, all from the loop's
 - ``checkpoint_started(position)`` / ``checkpoint_finished(stats)`` around each checkpoint
   (``checkpoint_failed(message)`` instead of finished when a write fails; the run also warns
   through ``message``, so views do not print the failure themselves).
-- ``message(level, text)`` for banners ('info') and problems ('warning').
+- ``message(level, text)`` for banners ('info') and problems ('warning'); level 'transient' for a
+  message that holds only until the run ends (an interrupt being honoured): views show it in
+  place and drop it, and it is not kept among the messages.
 - ``run_ended(outcome, detail)`` once; outcome is one of ``OUTCOMES``.
 
 Views read the model from any thread through :meth:`ProgressModel.snapshot`, an immutable
@@ -74,6 +76,7 @@ class ProgressModel:
         self.detail = ""
         self.last_error = ""
         self.messages: list[tuple[str, str]] = []
+        self.notice = ""  # the transient message, until the run ends
         # rate: EMA of samples (dn / dt) each at least RATE_SAMPLE_SECONDS long
         self.rate: float | None = None
         self._sample_position = 0
@@ -112,13 +115,17 @@ class ProgressModel:
             self.failed_checkpoints += 1
 
     def message(self, level: str, text: str) -> None:
-        """Banners ('info') and problems ('warning'); kept for the views (the last few)."""
+        """Banners ('info') and problems ('warning'), kept for the views (the last few); a 'transient'
+        message is shown until the run ends, then dropped."""
         with self._lock:
-            self._add_message(level, text)
+            if level == "transient":
+                self.notice = text
+            else:
+                self._add_message(level, text)
 
     def run_ended(self, outcome: str, detail: str = "") -> None:
         with self._lock:
-            self.state, self.detail = outcome, detail
+            self.state, self.detail, self.notice = outcome, detail, ""
             self.ended_monotonic = self._clock()
 
     def _moved(self, position: int) -> None:
@@ -171,6 +178,7 @@ class ProgressModel:
                 detail=self.detail,
                 messages=tuple(self.messages),
                 now_wall=self._wall(),
+                notice=self.notice,
             )
 
     @property

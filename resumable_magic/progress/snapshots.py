@@ -48,9 +48,7 @@ class StartInfo:
     policy: str  # human description of the checkpoint policy, e.g. "every 30s"
     resumed: ResumeInfo | None = None
     replayed: bool = False  # a finished run's final values were restored; the loop does not run
-    resumes: int | None = (
-        None  # how many times this run has been resumed in all (this one included), if known
-    )
+    directory: str = ""  # the run's folder: an absolute path or a URL ("" when not known)
 
 
 @dataclass(frozen=True)
@@ -88,6 +86,7 @@ class RunSnapshot:
     detail: str
     messages: tuple[tuple[str, str], ...]
     now_wall: float
+    notice: str = ""  # a transient message (an interrupt being honoured); gone once the run ended
 
     @property
     def done(self) -> int:

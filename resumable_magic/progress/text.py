@@ -26,6 +26,7 @@ __all__ = [
     "progress_line",
     "resume_text",
     "run_checkpoint_age",
+    "started_line",
     "summary_line",
 ]
 
@@ -125,7 +126,8 @@ def checkpoint_text(snap: RunSnapshot) -> str:
 
 
 def resume_text(snap: RunSnapshot) -> str:
-    """``resumed from iteration 1,200 (checkpoint of 14:03:22), redoing 37 iterations (12 s)``, or ''."""
+    """``resumed from iteration 1,200 (checkpoint of 14:03:22), redoing 37 iterations (12 s)`` (once
+    the run ended: ``..., 37 iterations (12 s) redone``), or ''."""
     info = snap.info
     if info is None:
         return ""
@@ -145,7 +147,8 @@ def resume_text(snap: RunSnapshot) -> str:
         if resumed.redone_seconds is not None:
             lost.append(format_duration(resumed.redone_seconds))
     if lost:
-        text += f", redoing {lost[0]}" + (f" ({lost[1]})" if len(lost) > 1 else "")
+        took = f" ({lost[1]})" if len(lost) > 1 else ""
+        text += f", {lost[0]}{took} redone" if snap.ended else f", redoing {lost[0]}{took}"
     return text
 
 
@@ -153,6 +156,8 @@ def progress_line(snap: RunSnapshot) -> str:
     """The compact line while running:
     ``running 45% 90,000/200,000 | 1,234 it/s | ETA 1 min 29 s | last checkpoint 12 s ago (14:03:22), ...``.
     """
+    if snap.notice:  # an interrupt being honoured: the one thing to say until the run stops
+        return f"{snap.state} {_position_text(snap)} | {snap.notice}"
     parts = [f"{snap.state} {_position_text(snap)}", format_rate(snap.rate)]
     if snap.eta is not None:
         parts.append(f"ETA {format_duration(snap.eta, whole=True)}")
@@ -160,8 +165,21 @@ def progress_line(snap: RunSnapshot) -> str:
     return " | ".join(parts)
 
 
+def started_line(snap: RunSnapshot) -> str:
+    """The widget's ``text/plain`` while the run goes on: what a notebook saved now keeps, so it says
+    no more than is known for sure:
+    ``running since 14:03:22, from iteration 0 of 400 (the summary replaces this line when the run
+    ends: if it is still here, the kernel stopped first)``."""
+    of = f" of {format_count(snap.total)}" if snap.total is not None else ""
+    since = format_clock(snap.now_wall - snap.elapsed, snap.now_wall)
+    return (
+        f"running since {since}, from iteration {format_count(snap.start_position)}{of} (the summary "
+        "replaces this line when the run ends: if it is still here, the kernel stopped first)"
+    )
+
+
 def summary_line(snap: RunSnapshot) -> str:
-    """The one-line final summary: outcome, iterations, wall time, checkpoints, overhead, resumes."""
+    """The one-line final summary: outcome, iterations, wall time, checkpoints, overhead."""
     info = snap.info
     if info is not None and info.replayed:
         return (
@@ -182,31 +200,20 @@ def summary_line(snap: RunSnapshot) -> str:
     if last is not None:
         text += f" (last {format_size(last.nbytes)}{written_note(last)})"
     text += f", overhead {snap.overhead:.1%}"
-    resumed = snap.resumed
-    if resumed is not None:
-        if info is not None and info.resumes and info.resumes > 1:
-            text += (
-                f", resumed {info.resumes} times, last from iteration {format_count(resumed.from_position)}"
-            )
-        else:
-            text += f", resumed from iteration {format_count(resumed.from_position)}"
-        if resumed.redone_iterations:
-            n = resumed.redone_iterations
-            text += f" ({format_count(n)} iteration{'' if n == 1 else 's'} redone)"
+    # A resume is not restated here: the run's banner (stdout) and the widget's resume row say it.
     if snap.detail:  # the run's own words: what stopped it and which checkpoint is kept
         text += f": {snap.detail}"
     elif snap.state in ("interrupted", "failed"):
         if last is not None:
             kept_at, kept_wall = last.position, last.wall_time
-        elif resumed is not None:
-            kept_at, kept_wall = resumed.from_position, resumed.checkpoint_wall_time
+        elif snap.resumed is not None:
+            kept_at, kept_wall = snap.resumed.from_position, snap.resumed.checkpoint_wall_time
         else:
             return text + ", no checkpoint written"
-        saved = "checkpoint saved at" if snap.state == "interrupted" else "kept the checkpoint at"
-        text += (
-            f"; {saved} iteration {format_count(kept_at)} ({format_clock(kept_wall, snap.now_wall)}): "
-            "run the cell again to resume"
-        )
+        saved = "checkpoint saved" if snap.state == "interrupted" else "kept the checkpoint"
+        # where the run stopped, when the checkpoint is there (an interrupt's): said once
+        where = "there" if kept_at == snap.position else f"at iteration {format_count(kept_at)}"
+        text += f"; {saved} {where} ({format_clock(kept_wall, snap.now_wall)}): run the cell again to resume"
     return text
 
 

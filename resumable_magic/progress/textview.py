@@ -19,7 +19,10 @@ from resumable_magic.progress.model import ProgressModel
 from resumable_magic.progress.snapshots import CheckpointStats, MapSource, StartInfo
 from resumable_magic.progress.text import progress_line
 
-__all__ = ["NullMapView", "TextMapView", "TextProgress", "in_kernel"]
+__all__ = ["ORANGE", "NullMapView", "TextMapView", "TextProgress", "in_kernel"]
+
+#: An interrupted run's summary on a terminal or in a notebook: orange (ANSI 256-colour 208).
+ORANGE = "\x1b[38;5;208m{}\x1b[0m"
 
 
 def in_kernel() -> bool:
@@ -119,6 +122,10 @@ class TextProgress(ProgressModel):
         super().message(level, text)
         if level == "info" and self._quiet:
             return
+        if level == "transient":  # in the progress line (a terminal's is redrawn); the summary replaces it
+            if self._is_tty():
+                self._maybe_draw(force=True)
+            return
         self._clear()
         if level == "info":
             print(text, file=self.stream, flush=True)
@@ -129,7 +136,10 @@ class TextProgress(ProgressModel):
     def run_ended(self, outcome: str, detail: str = "") -> None:
         super().run_ended(outcome, detail)
         self._clear()
-        print(self.summary(), file=self.stream, flush=True)
+        summary = self.summary()
+        if outcome == "interrupted" and (self._is_tty() or in_kernel()):
+            summary = ORANGE.format(summary)  # a stop the user asked for: a warning, not an error
+        print(summary, file=self.stream, flush=True)
 
 
 # -- a sharded map or sweep ----------------------------------------------------------------------

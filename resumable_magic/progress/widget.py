@@ -1,19 +1,25 @@
-"""The ipywidgets views of the progress models, a run's and a sharded map's: the only module of the
-package that imports ipywidgets (and, for ``display``, IPython).
+"""The widget views of the progress models, a run's and a sharded map's: with ``panel.py`` (the run's
+panel, an anywidget with its own view), the only modules that import ipywidgets (and, for
+``display``, IPython).
 
-:class:`WidgetProgress` is a :class:`~resumable_magic.progress.model.ProgressModel` that displays a small
-panel under the cell when the run starts: state (word and colour), a progress bar (or a count when
-the iterable has no length), rate, ETA, the time since the last checkpoint (ticking every second from
-a timer thread, even while one iteration takes minutes), checkpoints written, the last one's size,
-write time and wall-clock time, the checkpoint overhead, and where a resumed run picked up.
+:class:`WidgetProgress` is a :class:`~resumable_magic.progress.model.ProgressModel` that displays a
+:class:`~resumable_magic.progress.panel.RunPanel` under the cell when the run starts: state (word and
+colour), a progress bar (or a count when the iterable has no length), rate, ETA, the time since the
+last checkpoint (ticking every second from a timer thread, even while one iteration takes minutes),
+checkpoints written, the last one's size, write time and wall-clock time, the checkpoint overhead,
+and where a resumed run picked up. The panel's view (``panel.js``) turns red when the kernel dies
+and amber when the kernel's heartbeat stops (``docs/widget.md``).
 
 The loop's thread only updates the model's counters (cheap); a daemon timer thread renders the
-model into the widgets a few times a second at most, and only changed values are sent. The panel's
-``text/plain`` representation is the model's text line (the final summary once the run ended), which
-is what frontends without a widget manager (nbconvert, nbclient, nbval) store and show.
+model into the panel a few times a second at most (only changed values are sent) and ticks its
+heartbeat. The panel's ``text/plain`` representation says when the run started and that the summary
+replaces it; once the run ended it is the summary line, which is what frontends without a widget
+manager (nbconvert, nbclient, nbval) store and show. Each fact is stated once in the panel and once
+in the cell's stdout (a line per banner; an interrupted run's summary as an orange line), so that a
+saved notebook keeps them as text.
 
-:class:`WidgetMapView` is the panel of a sharded map or sweep: state, a bar of items (or runs) done,
-and a row per running shard, redrawn when the map's poller (a
+:class:`WidgetMapView` is the panel of a sharded map or sweep (ipywidgets): state, a bar of items
+(or runs) done, and a row per running shard, redrawn when the map's poller (a
 :class:`~resumable_magic.progress.model.MapSource`) says so.
 
 The magic calls :func:`make_widget_progress`.
@@ -32,6 +38,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from resumable_magic.progress.model import ProgressModel
+from resumable_magic.progress.panel import RunPanel, status_of
 from resumable_magic.progress.snapshots import CheckpointStats, MapSnapshot, MapSource, RunSnapshot, StartInfo
 from resumable_magic.progress.text import (
     format_clock,
@@ -43,14 +50,17 @@ from resumable_magic.progress.text import (
     map_summary_line,
     resume_text,
     run_checkpoint_age,
+    started_line,
     summary_line,
 )
-from resumable_magic.progress.textview import NullMapView, TextProgress, in_kernel
+from resumable_magic.progress.textview import ORANGE, NullMapView, TextProgress, in_kernel
 
 __all__ = ["STATE_COLOURS", "WidgetMapView", "WidgetProgress", "make_widget_progress"]
 
 #: Seconds between two renders by the timer thread: at most this many updates a second per widget.
 TICK_SECONDS = 0.5
+#: Seconds between two heartbeats: the panel says the kernel is silent after 5 s without one.
+HEARTBEAT_SECONDS = 1.0
 
 STATE_COLOURS = {
     "starting": "#757575",
@@ -68,7 +78,6 @@ _BAR_STYLES = {
     "finished": "success",
     "replayed": "info",
 }
-_STATE_WORDS = {"interrupted": "interrupted (checkpoint saved)"}
 _BANNERS = ("Resumed ", "Replayed ")  # run.py's info banners, shown by the widget as its resume row
 SHOWN_RUNNING = 8  # rows of running shards in a map's panel; the rest are counted
 
@@ -86,7 +95,7 @@ def make_widget_progress(quiet: bool = False) -> ProgressModel:
 
 
 class _Panel(widgets.VBox):
-    """The displayed box; its ``text/plain`` is the model's line, never ``VBox(...)``."""
+    """The displayed box of a map; its ``text/plain`` is the model's line, never ``VBox(...)``."""
 
     def __init__(self, line: Callable[[], str], children: list[widgets.Widget], **kwargs: Any) -> None:
         super().__init__(children, **kwargs)
@@ -103,7 +112,7 @@ class _Panel(widgets.VBox):
 
 
 class WidgetProgress(ProgressModel):
-    """The ipywidgets view of a run; see the module docstring."""
+    """The widget view of a run; see the module docstring."""
 
     def __init__(
         self,
@@ -122,13 +131,14 @@ class WidgetProgress(ProgressModel):
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
         self._handle: Any = None
-        self.panel: _Panel | None = None
+        self._beaten = float("-inf")  # monotonic time of the last heartbeat
+        self.panel: RunPanel | None = None
         self.renders = 0
 
     # -- events ---------------------------------------------------------------------------------
     def run_started(self, info: StartInfo) -> None:
         super().run_started(info)
-        self._build(info)
+        self.panel = RunPanel(self.text_plain, key=info.key, directory=info.directory)
         self._render()
         show = self._display if self._display is not None else _ipython_display()
         self._handle = show(self.panel, display_id=True)
@@ -139,10 +149,11 @@ class WidgetProgress(ProgressModel):
     def message(self, level: str, text: str) -> None:
         super().message(level, text)
         # Also in the cell's stream output: every frontend shows it, and it stays in the saved
-        # notebook as text (the resume banner says what was restored and what is redone).
+        # notebook as text (the resume banner says what was restored and what is redone). A
+        # transient message is the panel's alone: it is replaced when the run ends.
         if level == "info":
             print(text, file=sys.stdout, flush=True)
-        else:
+        elif level != "transient":  # (drawn by the timer thread: this may run in a signal handler)
             print(f"resumable: {text}", file=self._err or sys.stderr, flush=True)
 
     def run_ended(self, outcome: str, detail: str = "") -> None:
@@ -151,29 +162,19 @@ class WidgetProgress(ProgressModel):
         if self._timer is not None and self._timer is not threading.current_thread():
             self._timer.join(timeout=5)
         self._render()
+        if outcome == "interrupted":  # a stop the user asked for: a warning, not an error box
+            print(ORANGE.format(self.summary()), file=sys.stdout, flush=True)
         if self._handle is not None:
             # Re-send the display so that its text/plain is the final summary (nbclient, nbval).
             with contextlib.suppress(Exception):  # the kernel may be going down; the widget shows the state
                 self._handle.update(self.panel)
 
-    # -- rendering -------------------------------------------------------------------------------
-    def _build(self, info: StartInfo) -> None:
-        self.state_label = widgets.HTML()
-        self.state_label.add_class("rm-state")
-        self.bar = widgets.IntProgress(min=0, max=max(info.total or 1, 1), value=0)
-        self.bar.layout.width = "320px"
-        self.bar.add_class("rm-bar")
-        if info.total is None:
-            self.bar.layout.display = "none"
-        self.count_label = widgets.HTML()
-        self.count_label.add_class("rm-count")
-        self.details = widgets.HTML()
-        self.details.add_class("rm-details")
-        header = widgets.HBox([self.state_label, self.bar, self.count_label])
-        header.layout.align_items = "center"
-        self.panel = _Panel(self.line, [header, self.details])
-        self.panel.add_class("resumable-progress")
+    def text_plain(self) -> str:
+        """The panel's ``text/plain``: when it started, until the run ends; then the summary."""
+        snap = self.snapshot()
+        return summary_line(snap) if snap.ended else started_line(snap)
 
+    # -- rendering -------------------------------------------------------------------------------
     def _run_timer(self) -> None:
         while not self._stop.wait(self._tick):
             try:
@@ -183,22 +184,34 @@ class WidgetProgress(ProgressModel):
                 return
 
     def _render(self) -> None:
-        if self.panel is None:
+        panel = self.panel
+        if panel is None:
             return
         with self._render_lock:
             snap = self.snapshot()
-            colour = STATE_COLOURS.get(snap.state, "#757575")
-            word = _STATE_WORDS.get(snap.state, snap.state)
-            self.state_label.value = (
-                f'<span class="rm-state-word rm-state-{snap.state}" style="background:{colour};color:#fff;'
-                f'padding:1px 8px;border-radius:3px;font-weight:600">{html.escape(word)}</span>'
-            )
-            if snap.total is not None:
-                self.bar.max = max(snap.total, 1)
-                self.bar.value = min(snap.position, self.bar.max)
-            self.bar.bar_style = _BAR_STYLES.get(snap.state, "")
-            self.count_label.value = _count_html(snap)
-            self.details.value = _details_html(snap)
+            last = snap.last_checkpoint
+            if last is not None:
+                known: dict[str, Any] | None = {"iteration": last.position, "time": last.wall_time}
+            elif snap.resumed is not None:
+                known = {"iteration": snap.resumed.from_position, "time": snap.resumed.checkpoint_wall_time}
+            else:
+                known = None
+            view = {
+                "state": snap.state,
+                "word": snap.state,
+                "colour": STATE_COLOURS.get(snap.state, "#757575"),
+                "position": snap.position,
+                "total": snap.total,
+                "count": _count_text(snap),
+                "details_html": _details_html(snap),
+                "last_checkpoint": known,
+            }
+            now = self._clock()
+            with panel.hold_sync():  # one message for all that changed
+                panel.view = view
+                panel.status = status_of(snap.state)
+                if not snap.ended and now - self._beaten >= HEARTBEAT_SECONDS:
+                    panel.heartbeat, self._beaten = self._wall(), now
             self.renders += 1
 
 
@@ -207,20 +220,23 @@ def _span(cls: str, text: str, title: str = "") -> str:
     return f'<span class="{cls}"{attr}>{html.escape(text)}</span>'
 
 
-def _count_html(snap: RunSnapshot) -> str:
+def _count_text(snap: RunSnapshot) -> str:
     if snap.total is not None:
         pct = f"{snap.fraction:.0%}" if snap.fraction is not None else ""
-        text = f"{pct} · {format_count(snap.position)} / {format_count(snap.total)}"
-    else:
-        text = f"{format_count(snap.position)} iterations"
-    return f'<span class="rm-position" style="margin-left:8px">{html.escape(text)}</span>'
+        return f"{pct} · {format_count(snap.position)} / {format_count(snap.total)}"
+    return f"{format_count(snap.position)} iterations"
 
 
 def _details_html(snap: RunSnapshot) -> str:
     rows = []
-    if snap.ended:
+    if snap.ended:  # the summary says the time, the checkpoints and the overhead: not said again below
         rows.append(f"<b>{_span('rm-summary', summary_line(snap))}</b>")
-    if snap.info is not None and not snap.info.replayed:
+        if snap.state != "replayed":
+            rows.append(
+                "mean rate "
+                + _span("rm-rate", format_rate(snap.done / snap.elapsed if snap.elapsed else None))
+            )
+    elif snap.info is not None and not snap.info.replayed:
         speed = [_span("rm-rate", format_rate(snap.rate))]
         if snap.eta is not None:
             speed.append("ETA " + _span("rm-eta", format_duration(snap.eta, whole=True)))
@@ -229,12 +245,14 @@ def _details_html(snap: RunSnapshot) -> str:
             speed.append(_span("rm-done", f"{format_count(snap.done)} this run"))
         rows.append(" · ".join(speed))
         rows.append(_checkpoint_html(snap))
-    resumed = resume_text(snap)
+    resumed = "" if snap.state == "replayed" else resume_text(snap)  # a replay's summary says it
     if resumed:
         rows.append(_span("rm-resume", resumed))
+    if snap.notice:
+        rows.append(f'<span class="rm-notice" style="color:#ef6c00">{html.escape(snap.notice)}</span>')
     for level, text in snap.messages:
-        if level == "info" and resumed and text.startswith(_BANNERS):
-            continue  # the run's resume/replay banner: the row above says it in short
+        if level == "info" and text.startswith(_BANNERS):
+            continue  # the run's resume/replay banner: the resume row or the summary says it in short
         colour = "#ef6c00" if level != "info" else "inherit"
         rows.append(
             f'<span class="rm-message rm-{html.escape(level)}" style="color:{colour}">{html.escape(text)}</span>'
@@ -245,6 +263,7 @@ def _details_html(snap: RunSnapshot) -> str:
 
 
 def _checkpoint_html(snap: RunSnapshot) -> str:
+    """The checkpoint row while the run goes on (once it ended, the summary says it)."""
     last: CheckpointStats | None = snap.last_checkpoint
     overhead = "overhead " + _span("rm-overhead", f"{snap.overhead:.1%}")
     if last is None:
@@ -252,7 +271,7 @@ def _checkpoint_html(snap: RunSnapshot) -> str:
         if snap.resumed is not None:
             restored = format_clock(snap.resumed.checkpoint_wall_time, snap.now_wall)
             parts.append("restored checkpoint of " + _span("rm-last-clock", restored))
-        if snap.since_checkpoint is not None and not snap.ended:
+        if snap.since_checkpoint is not None:
             since = _span("rm-since", format_duration(snap.since_checkpoint, whole=True))
             parts.append(f"no new checkpoint yet, started {since} ago")
         elif not parts:
@@ -261,15 +280,10 @@ def _checkpoint_html(snap: RunSnapshot) -> str:
     clock = _span(
         "rm-last-clock", format_clock(last.wall_time, snap.now_wall), "wall-clock time of the last checkpoint"
     )
-    if snap.ended:  # a relative time would mean nothing once the run is over
-        head = f"last checkpoint at {clock}, " + _span(
-            "rm-saved-at", f"iteration {format_count(last.position)}"
-        )
-    else:
-        since = _span("rm-since", format_duration(snap.since_checkpoint or 0.0, whole=True))
-        head = f"last checkpoint {since} ago at {clock} · " + _span(
-            "rm-unsaved", f"{format_count(snap.unsaved)} iterations unsaved"
-        )
+    since = _span("rm-since", format_duration(snap.since_checkpoint or 0.0, whole=True))
+    head = f"last checkpoint {since} ago at {clock} · " + _span(
+        "rm-unsaved", f"{format_count(snap.unsaved)} iterations unsaved"
+    )
     parts = [
         head,
         _span("rm-checkpoints", f"{snap.checkpoints} written"),

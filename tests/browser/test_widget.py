@@ -40,7 +40,7 @@ def test_widget_renders_advances_ticks_and_finishes(lab, page):
     lab.run_cell(page, 0, wait=False)
 
     cell = lab.cell(page, 0)
-    panel = cell.locator(".resumable-progress")
+    panel = cell.locator(".resumable-widget")
     panel.wait_for(state="visible", timeout=30_000)
     outputs = " ".join(lab.outputs(page, 0))
     assert "Loading widget" not in outputs and "VBox(" not in outputs
@@ -50,7 +50,7 @@ def test_widget_renders_advances_ticks_and_finishes(lab, page):
     first = lab.wait_text(page, 0, ".rm-position", f"(t) => ({count})(t) > 0")
     n = int(re.search(r"(\d+) / 40", first).group(1))
     lab.wait_text(page, 0, ".rm-position", f"(t, n) => ({count})(t) > n", n)
-    bar = panel.locator(".widget-hprogress .progress-bar")
+    bar = panel.locator(".rm-bar-fill")
     assert float(bar.evaluate("el => parseFloat(el.style.width)")) > 0
     assert text(panel.locator(".rm-state")) in ("running", "checkpointing")
 
@@ -72,7 +72,7 @@ def test_widget_renders_advances_ticks_and_finishes(lab, page):
     # finished
     lab.wait_text(page, 0, ".rm-state", "t => t === 'finished'")
     lab.wait_cell_done(page, 0)
-    panel = cell.locator(".resumable-progress")
+    panel = cell.locator(".resumable-widget")
     assert panel.count() == 1, "re-sending the display must not duplicate the panel"
     summary = text(panel.locator(".rm-summary"))
     assert summary.startswith("finished: 40 iterations in "), summary
