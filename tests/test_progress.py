@@ -434,7 +434,6 @@ class FakeDisplay:
 
 @pytest.fixture
 def widget_view(clock):
-    pytest.importorskip("ipywidgets")
     from resumable_magic.progress.widget import WidgetProgress
 
     display = FakeDisplay()
@@ -552,7 +551,6 @@ def test_widget_without_total_counts(widget_view, clock):
 
 
 def test_widget_timer_ticks_from_its_thread_and_stops_at_the_end():
-    pytest.importorskip("ipywidgets")
     from resumable_magic.progress.widget import WidgetProgress
 
     display = FakeDisplay()
@@ -570,7 +568,6 @@ def test_widget_timer_ticks_from_its_thread_and_stops_at_the_end():
 
 
 def test_factory_chooses_text_without_a_kernel_or_when_quiet():
-    pytest.importorskip("ipywidgets")
     from resumable_magic.progress.widget import make_widget_progress
 
     assert type(make_widget_progress(quiet=False)) is TextProgress  # no kernel in this process
@@ -580,8 +577,9 @@ def test_factory_chooses_text_without_a_kernel_or_when_quiet():
 
 @pytest.mark.kernel
 def test_nbclient_stores_the_summary_as_text_plain(tmp_path):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
+    import nbclient
+    import nbformat
+
     source = (
         "import sys, time\n"
         f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
