@@ -20,6 +20,7 @@ from typing import Any
 from resumable_magic.core import messages
 from resumable_magic.core.checkpoint import RNG_KEY
 from resumable_magic.core.iteration import MISSING
+from resumable_magic.core.nested import INNER_KEY
 from resumable_magic.errors import (
     CheckpointFormatError,
     InputsChangedError,
@@ -42,6 +43,7 @@ from resumable_magic.store.runstore import RunStore
 
 __all__ = [
     "Start",
+    "check_rng",
     "default_directory",
     "find_start",
     "load",
@@ -217,6 +219,30 @@ def put_back(payload: dict[str, Any], namespace: MutableMapping[str, Any], names
     rng.restore(payload.get(RNG_KEY, {}))
 
 
+def check_rng(
+    manifest: Mapping[str, Any], progress: ProgressModel, *, accept_changes: bool, finished: bool
+) -> None:
+    """Before the loop resumes: refuse when a setting that decides reproducibility changed since the
+    checkpoint (torch's deterministic algorithms...), like a changed input; warn once when a library
+    whose random streams the checkpoint holds has another version now."""
+    recorded = manifest.get("rng_settings") or {}
+    now = rng.settings()
+    changes = {k: (str(v), str(now[k])) for k, v in recorded.items() if k in now and now[k] != v}
+    if changes and not accept_changes:
+        raise InputsChangedError(changes, finished)
+    if changes:
+        progress.message("info", messages.accepted_changes_text(changes))
+    then = manifest.get("versions") or {}
+    versions = rng.versions()
+    moved = [
+        f"{name} {then[name]} then, {versions[name]} now"
+        for name in versions
+        if then.get(name, versions[name]) != versions[name]
+    ]
+    if moved:
+        progress.message("warning", messages.versions_changed_text(moved))
+
+
 def _quote(names: Iterable[str]) -> str:
     return ", ".join(repr(n) for n in names)
 
@@ -225,6 +251,7 @@ def variables_of(checkpoint: Checkpoint) -> dict[str, Any]:
     """The named variables a verified checkpoint holds (its RNG states left out)."""
     payload = decode_state(checkpoint.state, checkpoint.buffers)
     payload.pop(RNG_KEY, None)
+    payload.pop(INNER_KEY, None)
     return payload
 
 

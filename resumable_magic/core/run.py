@@ -30,9 +30,11 @@ from typing import Any
 
 from resumable_magic.core import iteration, messages
 from resumable_magic.core.checkpoint import WRITER_WAIT, Checkpointer
+from resumable_magic.core.nested import INNER_KEY, Nest
 from resumable_magic.core.policy import CheckpointPolicy, Every, parse_every, parse_size
 from resumable_magic.core.resume import (
     Start,
+    check_rng,
     default_directory,
     find_start,
     load_payload,
@@ -77,6 +79,9 @@ class Resumable:
         max_size: warn (once) when a checkpoint's state is larger: ``"2GiB"``, ``"500MB"`` or bytes
             (default ``$RESUMABLE_MAX_SIZE``, else no limit). A checkpoint that would leave less than
             twice its size free on the disk always warns.
+        nested: the loop holds an inner loop, iterated with :meth:`iterate` inside the outer one:
+            checkpoints fall between inner iterations too, and ``every="Nit"`` counts those
+            (:mod:`.nested`).
     """
 
     def __init__(
@@ -96,6 +101,7 @@ class Resumable:
         final_names: Sequence[str] = (),
         params: Mapping[str, Any] | None = None,
         max_size: str | int | None = None,
+        nested: bool = False,
     ) -> None:
         self.key = key
         self.namespace = namespace
@@ -146,6 +152,10 @@ class Resumable:
         self._prepared = False
         self._sequence: list[Any] | tuple[Any, ...] | range | None = None  # a fast for loop's iterable
         self._ended = False
+        self._long_iteration_said = False
+        # Why the loop cannot be checkpointed inside an iteration, said if one outlasts the interval.
+        self.nesting_note = "Iterate over the inner loop with run.iterate(...) and nested=True."
+        self.nest = Nest(self, self._info) if nested else None
 
     # -- the script API ---------------------------------------------------------------------------
     def __enter__(self) -> Resumable:
@@ -166,9 +176,16 @@ class Resumable:
         """Iterate over ``iterable``, skipping what was done before the crash, checkpointing as due."""
         if self.replayed:
             return iter(())
+        if self._iterator is not None:  # inside the outer loop
+            if self.nest is None:
+                raise ResumableError(
+                    "run.iterate() was called inside the loop it drives: to checkpoint inside an inner "
+                    "loop, open the run with Resumable(..., nested=True)."
+                )
+            return self.nest.inner_loop(iterable)
         iterator = iterable if self._prepared else self.prepare(iterable)
         self._iterator, loop = iteration.drive(self, iterator, self._sequence)  # type: ignore[arg-type]
-        return loop
+        return loop if self.nest is None else self.nest.outer(loop)
 
     def count(self, namespace: Mapping[str, Any], counter: str) -> Iterator[int]:
         """Iteration numbers for a rewritten ``while`` loop: ``for <counter> in run.count(...)``.
@@ -225,6 +242,7 @@ class Resumable:
         if start.checkpoint is not None:
             self.history, self.replayed = start.history, start.replayed
             self.position = self.checkpoints.last_position = start.checkpoint.position
+            self.checkpoints.last_steps = int(start.checkpoint.manifest.get("steps") or 0)
 
     def prepare(self, iterable: Iterable[Any]) -> Iterator[Any]:
         """An iterator over ``iterable`` advanced past the completed iterations, with the item at the
@@ -284,7 +302,7 @@ class Resumable:
             self._start_threads()
             self.progress.run_started(self._start_info(None))
             self._take_checkpoint(_MISSING, first=True)
-            self.next_at = self.policy.next_due_at(self.checkpoints.last_position)
+            self.next_at = self.policy.next_due_at(self._count()[1])
             return
         payload = self._payload()
         if not self.replayed:
@@ -293,7 +311,20 @@ class Resumable:
             check_state(
                 {n: self.namespace[n] for n in self.names if n not in payload and n in self.namespace}
             )
-        put_back(payload, self.namespace, self.names + (self.final_names if self.replayed else ()))
+        check_rng(
+            checkpoint.manifest, self.progress, accept_changes=self.accept_changes, finished=self.replayed
+        )
+        names = self.names + (self.final_names if self.replayed else ())
+        nest, inner = self.nest, payload.get(INNER_KEY)
+        # A checkpoint inside an inner loop: the state goes back once that loop is reproduced.
+        if (
+            nest is None
+            or self.replayed
+            or not nest.resume_from(
+                checkpoint.manifest, inner, lambda: put_back(payload, self.namespace, names)
+            )
+        ):
+            put_back(payload, self.namespace, names)
         if self.replayed:
             self.lease.release(undo=True)  # a replay only reads
             finished_at = (self._start.done or {}).get("finished", checkpoint.created)
@@ -313,7 +344,7 @@ class Resumable:
                 after=self._start.previous_end or "crashed",
             )
         )
-        self.next_at = self.policy.next_due_at(self.checkpoints.last_position)
+        self.next_at = self.policy.next_due_at(self._count()[1])
         self._start_threads()
         self.checkpoints.last_time = time.monotonic()  # a time policy counts from the resume
         self.progress.run_started(self._start_info(resumed))
@@ -336,6 +367,8 @@ class Resumable:
         self._wakeup.stop_timer()
         if self._iterator is not None:
             self._iterator.close()  # syncs self.position after a `break`
+        if self.nest is not None:
+            self.nest.check_resumed()
         self._check_unnamed()  # a loop shorter than a checkpoint interval: asked at its end
         generation = self._take_checkpoint(_MISSING, final=True)
         self.store.mark_finished(generation, {"finished": time.time(), "position": self.position})
@@ -385,7 +418,9 @@ class Resumable:
             self._take_checkpoint(item, sync=True)
             name = signal.Signals(self._wakeup.stop_signal).name
             raise RunInterrupted(messages.stopped_text(name, self.position), self.position, name)
-        if self.policy.due(now, self.position, checkpoints.last_time, checkpoints.last_position):
+        count, last = self._count()
+        if self.policy.due(now, count, checkpoints.last_time, last):
+            self._note_long_iteration(now - checkpoints.last_time, count - last)
             self._take_checkpoint(item)
             self._check_unnamed()
         elif now >= self._next_report:
@@ -395,16 +430,39 @@ class Resumable:
         # While a background writer is in flight its checkpoint is not committed yet, so the position
         # an iteration policy names may already be behind: look again at the next iteration (the
         # drivers stop only where the position equals next_at, never past it).
-        next_at = self.policy.next_due_at(checkpoints.last_position)
-        self.next_at = next_at if next_at < 0 or next_at > self.position else self.position + 1
+        count, last = self._count()
+        next_at = self.policy.next_due_at(last)
+        self.next_at = next_at if next_at < 0 or next_at > count else count + 1
 
     def _take_checkpoint(
         self, item: Any = _MISSING, *, first: bool = False, final: bool = False, sync: bool = False
     ) -> int:
         """Checkpoint now (:meth:`.Checkpointer.take`); returns the newest committed generation."""
+        nested = None
+        if self.nest is not None:
+            item, *parts = self.nest.record(item)
+            nested = (parts[0], parts[1])
+        history = self._history(final)
         return self.checkpoints.take(
-            item, self.position, self.total, self._history(final), first=first, final=final, sync=sync
+            item, self.position, self.total, history, first=first, final=final, sync=sync, nested=nested
         )
+
+    def _count(self) -> tuple[int, int]:
+        """What an iteration policy counts, now and at the newest checkpoint: a nested loop's inner
+        iterations, else the loop's."""
+        if self.nest is not None:
+            return self.nest.steps, self.checkpoints.last_steps
+        return self.position, self.checkpoints.last_position
+
+    def _note_long_iteration(self, elapsed: float, iterations: int) -> None:
+        """Say once when a single iteration outlasted a time interval: only a finer loop can help."""
+        interval = self.policy.interval
+        if self._long_iteration_said or interval is None or iterations != 1 or elapsed < 1.5 * interval:
+            return
+        self._long_iteration_said = True
+        inner = self.nest is not None and self.nest.inner is not None
+        why = "It is an inner iteration, which is not split further." if inner else self.nesting_note
+        self._warn(messages.long_iteration_text(self.header, elapsed, interval, why))
 
     def _start_threads(self) -> None:
         self._wakeup.start()

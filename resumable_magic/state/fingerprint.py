@@ -114,13 +114,36 @@ def _array(value: Any) -> str | None:
     return f"array{tuple(value.shape)} {value.dtype}, digest {xxhash.xxh3_128_hexdigest(data.data)[:16]}"
 
 
+def _tensor(value: Any) -> str | None:
+    """A torch tensor by dtype, shape and a digest of its bytes (bfloat16 too: read as raw bytes)."""
+    torch = sys.modules.get("torch")  # a tensor means torch is imported
+    if torch is None or not isinstance(value, torch.Tensor) or value.is_sparse or value.is_quantized:
+        return None
+    data = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return f"tensor{tuple(value.shape)} {value.dtype}, digest {xxhash.xxh3_128_hexdigest(data.data)[:16]}"
+
+
+def _batch(value: Any) -> str | None:
+    """A tuple, list or dict of tensors and plain data (a DataLoader's batch), by the pieces' texts."""
+    if isinstance(value, dict):
+        parts = [_fingerprint(v, by_value=False) for v in value.values()]
+        keys = [_canonical(k, [MAX_ITEMS], False) for k in value]
+        if None in parts or None in keys:
+            return None
+        return "{" + ", ".join(f"{k}: {v}" for k, v in zip(keys, parts, strict=True)) + "}"
+    if isinstance(value, (tuple, list)) and len(value) <= 64:
+        texts = [_fingerprint(v, by_value=False) for v in value]
+        return None if None in texts else f"{type(value).__name__}({', '.join(texts)})"  # type: ignore[arg-type]
+    return None
+
+
 def _fingerprint(value: Any, by_value: bool) -> str | None:
     try:
         text = _canonical(value, [MAX_ITEMS], by_value)
     except (_TooBig, RecursionError):
         return None
     if text is None:
-        return _array(value)
+        return _array(value) or _tensor(value) or _batch(value)
     if len(text) <= _SHOWN:
         return text
     size = f"{len(value)} items, " if isinstance(value, _CONTAINERS) else ""
