@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import os
 import random
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from kernels import KernelDied, KernelHandle
+from kernels import REPO_ROOT, KernelDied, KernelHandle, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -150,3 +154,42 @@ def test_training_killed_at_random_ends_as_uninterrupted(setup, loop, every, ker
     assert_same_training(got, want)
     assert all(got["same"]) and got["same"], "after a resume the optimizer's parameters are not the model's"
     print(f"seed {SEED}: redone per kill {redone}")
+
+
+# The dropout MLP through the plain API in a script: the outer and the inner loop both run.iterate.
+SCRIPT_LOOP = """\
+from resumable_magic import Resumable
+with Resumable("script", globals(), ["model", "opt", "losses"], dir={ckpt!r}, every="5it", nested=True) as run:
+    for epoch in run.iterate(range(4)):
+        model.train()
+        for xb, yb in run.iterate(loader):
+{body}
+"""
+
+
+def test_a_script_on_the_plain_api_killed_at_random_ends_as_uninterrupted(kernel_factory, tmp_path):
+    rnd = random.Random(f"{SEED}-script")
+    want = reference(kernel_factory, MLP_SETUP, MLP_LOOP, tmp_path)
+    body = textwrap.indent(MLP_LOOP.split("for xb, yb in loader:\n", 1)[1], " " * 8)
+    loop = SCRIPT_LOOP.format(ckpt=str(tmp_path / "ckpt"), body=body)
+    script = tmp_path / "train.py"
+    script.write_text(cell(MLP_SETUP, loop, tmp_path, tmp_path / "final.pt"))
+    log = tmp_path / "steps.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    starts = []
+    for _ in range(KILLS):
+        starts.append(len(steps_of(log)))
+        target = starts[-1] + rnd.randint(3, 12)
+        process = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL)
+        wait_for(lambda t=target, p=process: p.poll() is not None or len(steps_of(log)) >= t, timeout=120)
+        assert process.poll() is None, f"the script ended before step {target}"
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+    starts.append(len(steps_of(log)))
+    subprocess.run([sys.executable, str(script)], env=env, check=True, timeout=180, stdout=subprocess.DEVNULL)
+    steps = steps_of(log)
+    redone = [steps[end - 1] - steps[end] + 1 for end in starts[1:]]
+    assert max(redone) <= 5 + 1, f"a kill redid {max(redone)} steps (every 5 steps): {redone}"
+    got = torch.load(tmp_path / "final.pt", weights_only=False)
+    assert_same_training(got, want)
+    assert all(got["same"]) and got["same"], "after a resume the optimizer's parameters are not the model's"

@@ -19,6 +19,7 @@ iterations, and says so once.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable, Iterator
+from itertools import count
 from typing import Any, Protocol
 
 from resumable_magic.core import loaders
@@ -30,6 +31,12 @@ from resumable_magic.state.fingerprint import fingerprint_item, item_matches
 __all__ = ["INNER_KEY", "Nest"]
 
 INNER_KEY = "__resumable_inner__"  # the nested loop's record, in a checkpoint's state
+_NOT_REPLAYED = (
+    "A resume creates the inner iterable again, with the random state it was created with, and skips "
+    "the items done; a generator that draws random numbers while the loop body draws from the same "
+    "generator, or items read from changing data, cannot be replayed that way: build the items before "
+    "the inner loop (a list), or give the generator a random.Random of its own,"
+)
 
 
 class NestedRun(Protocol):
@@ -115,8 +122,9 @@ class Nest:
             self.inner = None
             self._previous_outer = item
 
-    def inner_loop(self, iterable: Iterable[Any]) -> Iterator[Any]:
-        """The inner loop's items (what ``for x in <inner iterable>`` iterates in a nested run)."""
+    def inner_loop(self, iterable: Iterable[Any], start: int | None = None) -> Iterator[Any]:
+        """The inner loop's items (what ``for x in <inner iterable>`` iterates in a nested run); with
+        ``start``, ``(start + index, item)`` pairs, as ``enumerate(iterable, start)`` yields."""
         self._iterable = iterable
         generators = loaders.generators_of(iterable)
         workers = loaders.worker_count(iterable)
@@ -145,7 +153,7 @@ class Nest:
                 done = int(pending["done"])
                 last = loaders.skip_batches(iterable, iterator, done)
                 if last is MISSING or not item_matches(pending.get("item"), last):
-                    raise IterationMismatchError(done, self.header)
+                    raise IterationMismatchError(done, self.header, _NOT_REPLAYED)
         self.inner = 0
         if pending is not None:
             self.inner = int(pending["done"])
@@ -158,7 +166,8 @@ class Nest:
                 f"their work not redone). The statements before the inner loop ran again; the named "
                 f"state was restored over what they set."
             )
-        return self._drive(iterator, checkpoints=not workers)
+        driven = self._drive(iterator, checkpoints=not workers)
+        return driven if start is None else zip(count(start + self.inner), driven)
 
     def _drive(self, iterator: Iterator[Any], checkpoints: bool) -> Generator[Any, None, None]:
         run, wake = self.run, self.run.wake
@@ -167,7 +176,9 @@ class Nest:
                 yield item
                 self.inner += 1  # type: ignore[operator]
                 self.steps += 1
-                if checkpoints and (wake[0] or self.steps == run.next_at):
+                if self.steps == run.next_at and not checkpoints:
+                    wake[0] = True  # due: at the end of this outer iteration
+                elif checkpoints and (wake[0] or self.steps == run.next_at):
                     run.boundary(item)
         finally:
             self.inner = None

@@ -62,13 +62,26 @@ def find_inner(plan: CellPlan) -> Nesting:
 
 def rewrite_inner(plan: CellPlan, nesting: Nesting) -> list[ast.stmt] | None:
     """The outer body with its inner ``for T in EXPR:`` iterating ``_resumable_inner_(EXPR)`` (None:
-    not nested)."""
+    not nested); ``enumerate(X, start)`` becomes ``_resumable_inner_(X, start)``, which numbers the items
+    itself, so that a ``DataLoader`` under it is seen and the numbering goes on from a resume."""
     if nesting.index is None or not isinstance(plan.loop, ast.For):
         return None
     body = list(plan.loop.body)
     inner = body[nesting.index]
     assert isinstance(inner, ast.For)
-    call = ast.Call(func=ast.Name(id=INNER_VAR, ctx=ast.Load()), args=[inner.iter], keywords=[])
+    args = [inner.iter]
+    source = inner.iter
+    if (
+        isinstance(source, ast.Call)
+        and isinstance(source.func, ast.Name)
+        and source.func.id == "enumerate"
+        and len(source.args) + len(source.keywords) in (1, 2)
+        and len(source.args) >= 1
+    ):
+        # enumerate(loader): the run sees the loader itself, and counts on from where it resumes.
+        start = source.args[1] if len(source.args) == 2 else next((k.value for k in source.keywords), None)
+        args = [source.args[0], start if start is not None else ast.Constant(0)]
+    call = ast.Call(func=ast.Name(id=INNER_VAR, ctx=ast.Load()), args=args, keywords=[])
     new = ast.For(
         target=inner.target,
         iter=ast.copy_location(call, inner.iter),
