@@ -236,3 +236,26 @@ def test_a_registered_rng_is_restored_and_its_version_change_warned_about(tmp_pa
         assert len(said) == 1, progress.messages
     finally:
         rng._PROVIDERS.pop("testlib")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_stateful_dataloader_resumes_from_its_own_state_dict(workers, tmp_path):
+    source = CELL.format(inner="loader").replace(
+        "loader = torch.utils.data.DataLoader(",
+        f"from torchdata.stateful_dataloader import StatefulDataLoader\nloader = StatefulDataLoader(num_workers={workers}, dataset=",
+    )
+    want = run(tmp_path / "ref", source)
+    assert run(tmp_path, source, crash_at="1,3") is None
+    inner = RunStore(tmp_path / "ck", "k").read_latest().checkpoint.manifest["inner"]
+    assert inner["position"] == 3  # inside the epoch, with worker processes too
+    assert run(tmp_path, source)["seen"] == want["seen"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")
+def test_each_cuda_devices_generator_is_restored(tmp_path):
+    source = CELL.format(inner="range(5)").replace(
+        "random.random(), torch.rand(1).item()", "torch.rand(1, device='cuda').item()"
+    )
+    want = run(tmp_path / "ref", source)
+    assert run(tmp_path, source, crash_at="1,3") is None
+    assert run(tmp_path, source)["seen"] == want["seen"]

@@ -127,7 +127,8 @@ class Nest:
         ``start``, ``(start + index, item)`` pairs, as ``enumerate(iterable, start)`` yields."""
         self._iterable = iterable
         generators = loaders.generators_of(iterable)
-        workers = loaders.worker_count(iterable)
+        # A StatefulDataLoader saves its workers' state itself; other loaders' workers cannot be replayed.
+        workers = 0 if loaders.is_stateful(iterable) else loaders.worker_count(iterable)
         if workers and not self._said_workers:
             self._said_workers = True
             self.say(

@@ -22,13 +22,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import time
 from collections.abc import Generator, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from itertools import chain
 from typing import Any
 
-from resumable_magic.core import iteration, messages
+from resumable_magic.core import history, iteration, messages
 from resumable_magic.core.checkpoint import WRITER_WAIT, Checkpointer
 from resumable_magic.core.nested import INNER_KEY, Nest
 from resumable_magic.core.policy import CheckpointPolicy, Every, parse_every, parse_size
@@ -54,7 +53,6 @@ from resumable_magic.store.runstore import RunStore
 
 __all__ = ["Resumable"]
 
-_HISTORY_LIMIT = 200  # events kept in the metadata: the first one and the newest ones
 _MISSING = iteration.MISSING  # "no item": a checkpoint not taken at a for-loop boundary
 
 
@@ -152,7 +150,6 @@ class Resumable:
         self._prepared = False
         self._sequence: list[Any] | tuple[Any, ...] | range | None = None  # a fast for loop's iterable
         self._ended = False
-        self._long_iteration_said = False
         # Why the loop cannot be checkpointed inside an iteration, said if one outlasts the interval.
         self.nesting_note = "Iterate over the inner loop with run.iterate(...) and nested=True."
         self.nest = Nest(self, self._info) if nested else None
@@ -298,7 +295,7 @@ class Resumable:
             for name in self.names:
                 if name not in self.namespace:
                     raise messages.undefined_name_error(name, self.namespace)
-            self.history = [self._event("started")]
+            self.history = [history.event("started")]
             self._start_threads()
             self.progress.run_started(self._start_info(None))
             self._take_checkpoint(_MISSING, first=True)
@@ -315,16 +312,11 @@ class Resumable:
             checkpoint.manifest, self.progress, accept_changes=self.accept_changes, finished=self.replayed
         )
         names = self.names + (self.final_names if self.replayed else ())
-        nest, inner = self.nest, payload.get(INNER_KEY)
+        restore_state = lambda: put_back(payload, self.namespace, names)  # noqa: E731
         # A checkpoint inside an inner loop: the state goes back once that loop is reproduced.
-        if (
-            nest is None
-            or self.replayed
-            or not nest.resume_from(
-                checkpoint.manifest, inner, lambda: put_back(payload, self.namespace, names)
-            )
-        ):
-            put_back(payload, self.namespace, names)
+        nest = self.nest if not self.replayed else None
+        if nest is None or not nest.resume_from(checkpoint.manifest, payload.get(INNER_KEY), restore_state):
+            restore_state()
         if self.replayed:
             self.lease.release(undo=True)  # a replay only reads
             finished_at = (self._start.done or {}).get("finished", checkpoint.created)
@@ -335,30 +327,12 @@ class Resumable:
             return
         # The lease of the attempt that ended says how far it got, and when: the work redone now.
         resumed = resume_info(checkpoint, self.lease.previous)
-        self.history.append(
-            self._event(
-                "resumed",
-                **{"from": checkpoint.position},
-                redone=resumed.redone_iterations,
-                redone_seconds=resumed.redone_seconds,
-                after=self._start.previous_end or "crashed",
-            )
-        )
+        self.history.append(history.resumed_event(checkpoint, resumed, self._start.previous_end))
         self.next_at = self.policy.next_due_at(self._count()[1])
         self._start_threads()
         self.checkpoints.last_time = time.monotonic()  # a time policy counts from the resume
         self.progress.run_started(self._start_info(resumed))
-        self._info(
-            messages.resume_text(
-                self.names,
-                checkpoint.position,
-                # The plain API learns the total only when the loop starts: the checkpoint knows it.
-                self.total if self.total is not None else _int_or_none(checkpoint.manifest.get("total")),
-                checkpoint.created,
-                resumed.redone_iterations,
-                resumed.redone_seconds,
-            )
-        )
+        self._info(history.resumed_text(self.names, checkpoint, self.total, resumed))
 
     def finish(self) -> None:
         """The loop ended normally (also by ``break``): write the final checkpoint and the DONE record."""
@@ -442,9 +416,16 @@ class Resumable:
         if self.nest is not None:
             item, *parts = self.nest.record(item)
             nested = (parts[0], parts[1])
-        history = self._history(final)
+        events = self.history + ([history.event("finished", position=self.position)] if final else [])
         return self.checkpoints.take(
-            item, self.position, self.total, history, first=first, final=final, sync=sync, nested=nested
+            item,
+            self.position,
+            self.total,
+            history.trimmed(events),
+            first=first,
+            final=final,
+            sync=sync,
+            nested=nested,
         )
 
     def _count(self) -> tuple[int, int]:
@@ -456,28 +437,14 @@ class Resumable:
 
     def _note_long_iteration(self, elapsed: float, iterations: int) -> None:
         """Say once when a single iteration outlasted a time interval: only a finer loop can help."""
-        interval = self.policy.interval
-        if self._long_iteration_said or interval is None or iterations != 1 or elapsed < 1.5 * interval:
-            return
-        self._long_iteration_said = True
-        inner = self.nest is not None and self.nest.inner is not None
-        why = "It is an inner iteration, which is not split further." if inner else self.nesting_note
-        self._warn(messages.long_iteration_text(self.header, elapsed, interval, why))
+        if self.policy.one_iteration_too_long(elapsed, iterations):
+            inner = self.nest is not None and self.nest.inner is not None
+            why = "It is an inner iteration, which is not split further." if inner else self.nesting_note
+            self._warn(messages.long_iteration_text(self.header, elapsed, self.policy.interval or 0, why))
 
     def _start_threads(self) -> None:
         self._wakeup.start()
         self.lease.start_heartbeat(lambda: self.position, on_lost=lambda: self.wake.__setitem__(0, True))
-
-    def _event(self, event: str, **details: Any) -> dict[str, Any]:
-        record = {"event": event, "time": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
-        record.update((k, v) for k, v in details.items() if v is not None)
-        return record
-
-    def _history(self, final: bool) -> list[dict[str, Any]]:
-        events = self.history + ([self._event("finished", position=self.position)] if final else [])
-        if len(events) > _HISTORY_LIMIT:
-            events = events[:1] + events[-(_HISTORY_LIMIT - 1) :]
-        return events
 
     # -- reporting ----------------------------------------------------------------------------------------
     def _info(self, text: str) -> None:
@@ -496,7 +463,3 @@ class Resumable:
             resumed=resumed,
             replayed=self.replayed,
         )
-
-
-def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
