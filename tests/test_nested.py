@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -72,7 +74,7 @@ def test_a_cell_resumed_inside_its_inner_loop_ends_as_uninterrupted(inner, crash
     assert got is not None and got["seen"] == want["seen"]
     said = " ".join(text for _, text in progress.messages)
     if crash_at == "1,3":  # 5 items an epoch, a checkpoint every 2: the last at step 8, (1, 3)
-        assert "at position (1, 3)" in said, said
+        assert "at position (1, 3) (outer of 3, inner)" in said and "first 3 items were skipped" in said, said
 
 
 def test_the_plain_api_nests_with_a_second_iterate(tmp_path):
@@ -259,3 +261,32 @@ def test_each_cuda_devices_generator_is_restored(tmp_path):
     want = run(tmp_path / "ref", source)
     assert run(tmp_path, source, crash_at="1,3") is None
     assert run(tmp_path, source)["seen"] == want["seen"]
+
+
+NO_TORCH = """\
+import os, random
+random.seed(3)
+for epoch in range(3):
+    for n, x in enumerate([1, 2, 3]):
+        if os.environ.get("CRASH_AT") == f"{epoch},{n}":
+            raise KeyError()
+        seen.append((epoch, n, random.random()))
+"""
+
+
+def test_a_nested_loop_without_torch_never_imports_it(tmp_path):
+    script = f"""
+import os, sys
+from resumable_magic.core.cellrun import run_cell
+for crash in ("1,2", ""):
+    os.environ["CRASH_AT"] = crash
+    try:
+        run_cell({NO_TORCH!r}, ["seen"], {{"seen": []}}, key="k", dir={str(tmp_path)!r}, every="1it")
+    except KeyError:
+        pass
+print("torch" in sys.modules)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert "Resumed inside" in out.stdout and out.stdout.split()[-1] == "False", out.stdout

@@ -53,4 +53,7 @@ def resumed_text(
         checkpoint.created,
         resumed.redone_iterations,
         resumed.redone_seconds,
+        (checkpoint.manifest.get("inner") or {"position": 0})["position"]
+        if "steps" in checkpoint.manifest
+        else None,
     )

@@ -76,6 +76,8 @@ def set_generator_states(generators: list[Any], states: list[bytes]) -> bool:
     """Put ``states`` back into ``generators``; False (nothing changed) when they do not correspond."""
     if len(generators) != len(states):
         return False
+    if not generators:
+        return True  # (and torch is not imported: it may not be loaded)
     import torch
 
     for generator, state in zip(generators, states, strict=True):

@@ -130,12 +130,22 @@ def resume_text(
     created: float,
     redone: int | None,
     redone_seconds: float | None,
+    inner: int | None = None,
 ) -> str:
+    """``inner``: a nested loop's checkpoint, taken after that many inner iterations of the outer
+    iteration ``position`` (``redone`` then counts inner iterations)."""
     of = f" of {total:,}" if total is not None else ""
-    text = (
-        f"Resumed {', '.join(names)} from the checkpoint at iteration {position:,}{of} "
-        f"(written {when(created)})."
+    at = (
+        f"iteration {position:,}{of}"
+        if inner is None
+        else f"position ({position:,}, {inner:,}) (outer{of}, inner)"
     )
+    text = f"Resumed {', '.join(names)} from the checkpoint at {at} (written {when(created)})."
+    if redone and inner is not None:
+        return text + (
+            f" Redoing the work after it: {redone:,} inner iteration{'' if redone == 1 else 's'}, about "
+            f"{format_duration(redone_seconds or 0)} of work."
+        )
     if redone:
         return text + (
             f" Redoing the work after it: the interrupted run had reached iteration "

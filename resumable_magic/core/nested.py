@@ -162,10 +162,8 @@ class Nest:
             self._put_back()  # the named state and the checkpoint's RNG, over what the rerun built
             self._put_back = None
             self.say(
-                f"Resumed inside `{self.header}` at position ({self.run.position}, {self.inner}): outer "
-                f"iteration {self.run.position}, after its first {self.inner} inner items (skipped, "
-                f"their work not redone). The statements before the inner loop ran again; the named "
-                f"state was restored over what they set."
+                f"Resumed inside `{self.header}`: the statements before it ran again, its first "
+                f"{self.inner} items were skipped, and the named state was restored over them."
             )
         driven = self._drive(iterator, checkpoints=not workers)
         return driven if start is None else zip(count(start + self.inner), driven)

@@ -185,13 +185,15 @@ def skip_completed(
 
 def resume_info(checkpoint: Checkpoint, previous_lease: Mapping[str, Any] | None) -> ResumeInfo:
     """Where a resumed run picks up, and how much work the attempt that ended had done past it (from
-    its lease's last heartbeat: how far it got, and when)."""
+    its lease's last heartbeat: how far it got, and when). A nested loop's heartbeat counts inner
+    iterations, as its checkpoints' ``steps`` do."""
     beat = previous_lease or {}
+    at = int(checkpoint.manifest.get("steps", checkpoint.position))
     reached, seen, began = beat.get("position"), beat.get("heartbeat"), beat.get("acquired")
     redone: int | None = None
     redone_seconds: float | None = None
     if isinstance(reached, int) and isinstance(seen, (int, float)):
-        redone = max(0, reached - checkpoint.position)
+        redone = max(0, reached - at)
         # The attempt's own work began when it took the lease: when it wrote no checkpoint of its own
         # (it resumed from this one and died), the time before it started is no work of its.
         start = max(checkpoint.created, began) if isinstance(began, (int, float)) else checkpoint.created

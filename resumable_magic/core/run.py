@@ -444,7 +444,7 @@ class Resumable:
 
     def _start_threads(self) -> None:
         self._wakeup.start()
-        self.lease.start_heartbeat(lambda: self.position, on_lost=lambda: self.wake.__setitem__(0, True))
+        self.lease.start_heartbeat(lambda: self._count()[0], on_lost=lambda: self.wake.__setitem__(0, True))
 
     # -- reporting ----------------------------------------------------------------------------------------
     def _info(self, text: str) -> None:
