@@ -16,7 +16,7 @@ import torch
 
 from resumable_magic import Resumable
 from resumable_magic.core.cellrun import run_cell
-from resumable_magic.errors import InputsChangedError, IterationMismatchError
+from resumable_magic.errors import InputsChangedError, IterationMismatchError, ResumableError
 from resumable_magic.progress.model import ProgressModel
 from resumable_magic.state import rng
 from resumable_magic.store.runstore import RunStore
@@ -290,3 +290,20 @@ print("torch" in sys.modules)
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
     )
     assert "Resumed inside" in out.stdout and out.stdout.split()[-1] == "False", out.stdout
+
+
+def test_a_checkpoint_inside_an_inner_loop_is_refused_by_a_run_without_one(tmp_path):
+    source = CELL.format(inner="range(5)")
+    assert run(tmp_path, source, crash_at="1,3") is None
+    flat = source.replace(
+        "    for n, x in enumerate(range(5)):",
+        "    with open(os.devnull):\n      for n, x in enumerate(range(5)):",
+    )
+    before = []
+    namespace = {"seen": before, "Crash": Crash}
+    with pytest.raises(ResumableError) as refused:
+        run_cell(flat, ["seen"], namespace, key="k", dir=tmp_path / "ck", every="2it")
+    assert "inside the inner loop `for n, x in enumerate(range(5)):`, after 3 of its items" in str(
+        refused.value
+    )
+    assert namespace["seen"] is before and before == []  # nothing restored, nothing run

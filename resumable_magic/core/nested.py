@@ -45,6 +45,7 @@ class NestedRun(Protocol):
     wake: list[bool]
     next_at: int
     position: int
+    header: str  # the outer loop's first line
 
     def boundary(self, item: Any) -> None: ...
 
@@ -95,6 +96,20 @@ class Nest:
         self.pending, self._put_back = record, put_back
         return True
 
+    @staticmethod
+    def refuse_flat(manifest: dict[str, Any]) -> None:
+        """Refuse a checkpoint written inside an inner loop in a run that has none: resuming its outer
+        iteration from the start over the state of its middle would do those inner iterations twice."""
+        inner = manifest.get("inner")
+        if inner is not None:
+            raise ResumableError(
+                f"The checkpoint was written inside the inner loop `{inner.get('header')}`, after "
+                f"{inner.get('position')} of its items, but this run has no inner loop it can enter (the "
+                f"cell changed, or Resumable was opened without nested=True): resuming would redo those "
+                f"items over state that already holds them. The loop was not run. Restore the inner loop, or "
+                f"start over with --fresh."
+            )
+
     def check_resumed(self) -> None:
         """Refuse to go on when a mid-epoch checkpoint's inner loop was not reached: the named state
         would otherwise never be restored."""
@@ -114,7 +129,7 @@ class Nest:
             pending = self.pending
             if pending is not None:
                 if not item_matches(pending.get("outer_item"), item):
-                    raise IterationMismatchError(self.run.position + 1, "the outer loop")
+                    raise IterationMismatchError(self.run.position + 1, self.run.header)
                 rng.restore(pending["outer_rng"])  # the statements before the inner loop draw as then
             self._outer_rng = rng.capture()
             yield item

@@ -315,6 +315,8 @@ class Resumable:
         restore_state = lambda: put_back(payload, self.namespace, names)  # noqa: E731
         # A checkpoint inside an inner loop: the state goes back once that loop is reproduced.
         nest = self.nest if not self.replayed else None
+        if nest is None and not self.replayed:
+            Nest.refuse_flat(checkpoint.manifest)
         if nest is None or not nest.resume_from(checkpoint.manifest, payload.get(INNER_KEY), restore_state):
             restore_state()
         if self.replayed:
