@@ -134,7 +134,7 @@ class CheckpointPolicy:
     def one_iteration_too_long(self, elapsed: float, iterations: int) -> bool:
         """True once: when a checkpoint falls due after a single iteration that took well over a time
         interval (the loop cannot be checkpointed any finer)."""
-        interval = self._interval if self.every is not None else None
+        interval = self._interval  # None: an iteration policy, which a long iteration does not delay
         if self._said_too_long or interval is None or iterations != 1 or elapsed < 1.5 * interval:
             return False
         self._said_too_long = True
