@@ -307,3 +307,15 @@ def test_a_checkpoint_inside_an_inner_loop_is_refused_by_a_run_without_one(tmp_p
         refused.value
     )
     assert namespace["seen"] is before and before == []  # nothing restored, nothing run
+
+
+def test_a_second_level_of_the_plain_api_needs_nested_true(tmp_path):
+    state = {"n": 0}
+    with Resumable("flat", state, dir=tmp_path, every="2it") as r:
+        for _ in r.iterate(range(2)):  # one loop after another is fine
+            state["n"] += 1
+    with pytest.raises(ResumableError, match=r"open the run with Resumable\(\.\.\., nested=True\)"):
+        with Resumable("flat2", state, dir=tmp_path, every="2it") as r:
+            for _ in r.iterate(range(2)):
+                for _ in r.iterate(range(2)):
+                    pass

@@ -24,6 +24,7 @@ import os
 import signal
 import time
 from collections.abc import Generator, Iterable, Iterator, Mapping, MutableMapping, Sequence
+from inspect import GEN_SUSPENDED, getgeneratorstate
 from itertools import chain
 from typing import Any
 
@@ -173,7 +174,7 @@ class Resumable:
         """Iterate over ``iterable``, skipping what was done before the crash, checkpointing as due."""
         if self.replayed:
             return iter(())
-        if self._iterator is not None:  # inside the outer loop
+        if self._iterator is not None and getgeneratorstate(self._iterator) == GEN_SUSPENDED:  # in the loop
             if self.nest is None:
                 raise ResumableError(
                     "run.iterate() was called inside the loop it drives: to checkpoint inside an inner "
