@@ -314,8 +314,11 @@ def test_a_second_level_of_the_plain_api_needs_nested_true(tmp_path):
     with Resumable("flat", state, dir=tmp_path, every="2it") as r:
         for _ in r.iterate(range(2)):  # one loop after another is fine
             state["n"] += 1
-    with pytest.raises(ResumableError, match=r"open the run with Resumable\(\.\.\., nested=True\)"):
-        with Resumable("flat2", state, dir=tmp_path, every="2it") as r:
+    needs = r"open the run with Resumable\(\.\.\., nested=True\)"
+    with (
+        pytest.raises(ResumableError, match=needs),
+        Resumable("flat2", state, dir=tmp_path, every="2it") as r,
+    ):
+        for _ in r.iterate(range(2)):
             for _ in r.iterate(range(2)):
-                for _ in r.iterate(range(2)):
-                    pass
+                pass
