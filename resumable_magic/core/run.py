@@ -376,7 +376,7 @@ class Resumable:
                 record = {"state": outcome, "time": time.time(), "position": self.position}
                 self.store.write_outcome({**record, "error": error} if error else record)
                 self.progress.run_ended(outcome, detail)
-        self.lease.release(self.position, undo=not self._started)
+        self.lease.release(self._count()[0], undo=not self._started)  # what the heartbeat counts
         self._wakeup.stop()  # signals back; a SIGTERM that arrived now terminates the process
 
     # -- boundaries and checkpoints --------------------------------------------------------------------
