@@ -55,7 +55,7 @@ class Nest:
 
     Args:
         run: the run; its ``next_at`` counts inner iterations (:attr:`steps`).
-        say: reports a message once (info).
+        say: shows an info message (each is said once).
         header: the inner loop's first line, for messages.
         persistent: the inner iterable outlives an outer iteration (built before the loop): on a
             resume between outer iterations its generators are put back as the checkpoint found them.
