@@ -322,3 +322,14 @@ def test_a_second_level_of_the_plain_api_needs_nested_true(tmp_path):
         for _ in r.iterate(range(2)):
             for _ in r.iterate(range(2)):
                 pass
+
+
+def test_a_batch_of_tensors_is_fingerprinted_by_content_and_inputs_are_not():
+    from resumable_magic.state.fingerprint import fingerprint_inputs, fingerprint_item, item_matches
+
+    batch = (torch.randn(4, 3).to(torch.bfloat16), torch.arange(4), "label")
+    recorded = fingerprint_item(batch)
+    assert item_matches(recorded, tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in batch))
+    assert not item_matches(recorded, (batch[0] + 1, batch[1], "label"))
+    assert not item_matches(recorded, (batch[0].to(torch.float16), batch[1], "label"))  # dtype counts
+    assert fingerprint_inputs({"t": torch.zeros(2), "b": [torch.zeros(1)]}) == {}  # as before
