@@ -185,11 +185,11 @@ def versions_changed_text(moved: Sequence[str]) -> str:
     )
 
 
-def long_iteration_text(header: str, took: float, interval: float, why: str) -> str:
+def long_iteration_text(header: str, took: float, why: str) -> str:
     return (
-        f"One iteration of `{header}` took {format_duration(took)}, longer than the "
-        f"{format_duration(interval)} between checkpoints, and a checkpoint can only be taken between "
-        f"iterations: a crash can lose a whole iteration. {why}"
+        f"One iteration of `{header}` took {format_duration(took)}, longer than the interval between "
+        f"checkpoints, and a checkpoint can only be taken between iterations: a crash can lose a whole "
+        f"iteration. {why}"
     )
 
 

@@ -97,6 +97,16 @@ class Nest:
         return True
 
     @staticmethod
+    def needed(nest: Nest | None) -> Nest:
+        """The nest of a run whose loop iterates a second level; refused when it was not opened nested."""
+        if nest is None:
+            raise ResumableError(
+                "run.iterate() was called inside the loop it drives: to checkpoint inside an inner "
+                "loop, open the run with Resumable(..., nested=True)."
+            )
+        return nest
+
+    @staticmethod
     def refuse_flat(manifest: dict[str, Any]) -> None:
         """Refuse a checkpoint written inside an inner loop in a run that has none: resuming its outer
         iteration from the start over the state of its middle would do those inner iterations twice."""
@@ -198,12 +208,12 @@ class Nest:
             self.inner = None
 
     # -- checkpoints ------------------------------------------------------------------------------------
-    def record(self, item: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    def record(self, item: Any) -> tuple[Any, tuple[dict[str, Any], dict[str, Any]]]:
         """For a checkpoint taken now after ``item``: the outer item the manifest fingerprints (the last
-        completed one), the manifest's part, and the state's part (RNG states are not JSON)."""
+        completed one), and the record: the manifest's part, the state's part (RNG states are not JSON)."""
         generators_now = loaders.generator_states(loaders.generators_of(self._iterable))
         if self.inner is None:
-            return item, {"steps": self.steps}, {"generators_now": generators_now}
+            return item, ({"steps": self.steps}, {"generators_now": generators_now})
         state: dict[str, Any] = {
             "done": self.inner,
             "item": fingerprint_item(item),
@@ -216,4 +226,4 @@ class Nest:
         if loaders.is_stateful(self._iterable):
             state["loader"] = self._iterable.state_dict()
         manifest = {"steps": self.steps, "inner": {"position": self.inner, "header": self.header}}
-        return self._previous_outer, manifest, state
+        return self._previous_outer, (manifest, state)

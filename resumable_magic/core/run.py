@@ -175,12 +175,7 @@ class Resumable:
         if self.replayed:
             return iter(())
         if self._iterator is not None and getgeneratorstate(self._iterator) == GEN_SUSPENDED:  # in the loop
-            if self.nest is None:
-                raise ResumableError(
-                    "run.iterate() was called inside the loop it drives: to checkpoint inside an inner "
-                    "loop, open the run with Resumable(..., nested=True)."
-                )
-            return self.nest.inner_loop(iterable)
+            return Nest.needed(self.nest).inner_loop(iterable)
         iterator = iterable if self._prepared else self.prepare(iterable)
         self._iterator, loop = iteration.drive(self, iterator, self._sequence)  # type: ignore[arg-type]
         return loop if self.nest is None else self.nest.outer(loop)
@@ -397,7 +392,10 @@ class Resumable:
             raise RunInterrupted(messages.stopped_text(name, self.position), self.position, name)
         count, last = self._count()
         if self.policy.due(now, count, checkpoints.last_time, last):
-            self._note_long_iteration(now - checkpoints.last_time, count - last)
+            if self.policy.one_iteration_too_long(now - checkpoints.last_time, count - last):
+                self._warn(
+                    messages.long_iteration_text(self.header, now - checkpoints.last_time, self._finer())
+                )
             self._take_checkpoint(item)
             self._check_unnamed()
         elif now >= self._next_report:
@@ -415,10 +413,7 @@ class Resumable:
         self, item: Any = _MISSING, *, first: bool = False, final: bool = False, sync: bool = False
     ) -> int:
         """Checkpoint now (:meth:`.Checkpointer.take`); returns the newest committed generation."""
-        nested = None
-        if self.nest is not None:
-            item, *parts = self.nest.record(item)
-            nested = (parts[0], parts[1])
+        item, nested = self.nest.record(item) if self.nest is not None else (item, None)
         events = self.history + ([history.event("finished", position=self.position)] if final else [])
         return self.checkpoints.take(
             item,
@@ -438,12 +433,10 @@ class Resumable:
             return self.nest.steps, self.checkpoints.last_steps
         return self.position, self.checkpoints.last_position
 
-    def _note_long_iteration(self, elapsed: float, iterations: int) -> None:
-        """Say once when a single iteration outlasted a time interval: only a finer loop can help."""
-        if self.policy.one_iteration_too_long(elapsed, iterations):
-            inner = self.nest is not None and self.nest.inner is not None
-            why = "It is an inner iteration, which is not split further." if inner else self.nesting_note
-            self._warn(messages.long_iteration_text(self.header, elapsed, self.policy.interval or 0, why))
+    def _finer(self) -> str:
+        """Why the loop cannot be checkpointed inside the iteration that just outlasted the interval."""
+        inner = self.nest is not None and self.nest.inner is not None
+        return "It is an inner iteration, which is not split further." if inner else self.nesting_note
 
     def _start_threads(self) -> None:
         self._wakeup.start()
