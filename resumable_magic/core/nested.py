@@ -194,17 +194,23 @@ class Nest:
         return driven if start is None else zip(count(start + self.inner), driven)
 
     def _drive(self, iterator: Iterator[Any], checkpoints: bool) -> Generator[Any, None, None]:
+        """Yield every item, counting the completed ones in locals (the hot path), written back to
+        :attr:`inner` and :attr:`steps` where the run looks: at a boundary, and when the loop ends."""
         run, wake = self.run, self.run.wake
+        done, steps = self.inner or 0, self.steps
         try:
             for item in iterator:
                 yield item
-                self.inner += 1  # type: ignore[operator]
-                self.steps += 1
-                if self.steps == run.next_at and not checkpoints:
-                    wake[0] = True  # due: at the end of this outer iteration
-                elif checkpoints and (wake[0] or self.steps == run.next_at):
-                    run.boundary(item)
+                done += 1
+                steps += 1
+                if wake[0] or steps == run.next_at:
+                    self.inner, self.steps = done, steps
+                    if checkpoints:
+                        run.boundary(item)
+                    else:
+                        wake[0] = True  # the outer boundary at the end of this iteration decides
         finally:
+            self.steps = steps
             self.inner = None
 
     # -- checkpoints ------------------------------------------------------------------------------------
