@@ -1,7 +1,8 @@
 """resumable_magic: notebook loops that survive kernel crashes.
 
 ``%load_ext resumable_magic`` registers the ``%%resumable`` cell magic. From plain Python, use
-:class:`Resumable` and :func:`load`. Importing this package stays light: IPython is imported only
+:class:`Resumable` and :func:`load`; :func:`register_rng` adds a library's global random generator to
+what every checkpoint saves. Importing this package stays light: IPython is imported only
 when the extension is loaded.
 """
 
@@ -60,6 +61,7 @@ __all__ = [
     "__version__",
     "load",
     "load_ipython_extension",
+    "register_rng",
     "resumable_map",
     "resumable_sweep",
     "unload_ipython_extension",
@@ -76,6 +78,10 @@ def __getattr__(name: str) -> Any:
         from .core.resume import load
 
         return load
+    if name == "register_rng":  # a library's global random generator, saved with every checkpoint
+        from .state.rng import register_rng
+
+        return register_rng
     if name in ("resumable_map", "resumable_sweep"):  # Dask itself is imported only when a map runs
         from .distributed import client
 

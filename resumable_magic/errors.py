@@ -199,13 +199,16 @@ class ResumeRefusedError(ResumableError, RuntimeError):
 class IterationMismatchError(ResumeRefusedError):
     """The loop's items at the checkpoint's position differ from the ones the checkpoint saw."""
 
-    def __init__(self, position: int, header: str) -> None:
+    def __init__(self, position: int, header: str, why: str | None = None) -> None:
         self.position = position
+        why = why or (
+            "Its order is not reproducible across kernel restarts (a set of strings, os.listdir(), "
+            "a dict built from a set): iterate over sorted(...)"
+        )
         super().__init__(
             f"Cannot resume: the loop `{header}` does not yield the same items as when the checkpoint "
             f"was written (item {position - 1} differs), so resuming would skip the wrong items. "
-            f"Its order is not reproducible across kernel restarts (a set of strings, os.listdir(), "
-            f"a dict built from a set): iterate over sorted(...) and start over with --fresh."
+            f"{why} and start over with --fresh."
         )
 
 

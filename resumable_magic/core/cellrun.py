@@ -14,6 +14,7 @@ from collections import ChainMap
 from collections.abc import Sequence
 from typing import Any
 
+from resumable_magic.core import messages
 from resumable_magic.core.cellsplit import (
     COUNTER_VAR,
     LOOP_VAR,
@@ -25,6 +26,7 @@ from resumable_magic.core.cellsplit import (
     split_cell,
     unnamed_changes,
 )
+from resumable_magic.core.nestsplit import INNER_VAR, find_inner, inner_accumulators, rewrite_inner
 from resumable_magic.core.policy import Every
 from resumable_magic.core.run import Resumable
 from resumable_magic.core.unnamed import watchable
@@ -62,7 +64,9 @@ def run_cell(
     """
     __tracebackhide__ = True
     plan = split_cell(source, line_offset=line_offset)
-    compiled = compile_cell(plan, filename)  # a statement that cannot stand there: refused before setup
+    nesting = find_inner(plan)
+    # A statement that cannot stand there: refused before setup.
+    compiled = compile_cell(plan, filename, rewrite_inner(plan, nesting))
     free = free_names(plan)
     inputs = {n: namespace[n] for n in free if n in namespace}
     # The code the loop calls (notebook and user-module functions, classes, ...) is
@@ -89,11 +93,18 @@ def run_cell(
         header=plan.header,
         final_names=plan.target_names,
         max_size=max_size,
+        nested=nesting.index is not None,
     )
+    run.nesting_note = nesting.why_not
+    if run.nest is not None:
+        run.nest.header, run.nest.persistent = nesting.header, nesting.persistent
     existing = {
         k for k, v in namespace.items() if not k.startswith("_") and not isinstance(v, types.ModuleType)
     }
-    changed = unnamed_changes(plan, existing, set(names))
+    accumulated = inner_accumulators(plan, nesting, set(names))
+    changed = {
+        n: line for n, line in unnamed_changes(plan, existing, set(names)).items() if n not in accumulated
+    }
     if changed:
         listed = ", ".join(f"{n!r} (line {line})" for n, line in changed.items())
         they, them = ("it", "it") if len(changed) == 1 else ("they", "them")
@@ -102,6 +113,8 @@ def run_cell(
             f"the loop changes {listed}, defined before the loop but not named as state: after a crash "
             f"{they} would not be restored. Add {them} to the names if the result depends on {them}.",
         )
+    if accumulated:
+        run.progress.message("warning", messages.inner_accumulators_text(accumulated, nesting.header))
 
     run.open()  # from here on the run holds its lease: close() gives it back, however this ends
     try:
@@ -129,6 +142,8 @@ def run_cell(
                     if n in namespace and not n.startswith("_") and watchable(namespace[n])
                 }
             )
+            if run.nest is not None:
+                namespace[INNER_VAR] = run.nest.inner_loop
             if compiled.iterable is not None:
                 namespace[LOOP_VAR] = run.iterate(prepared)
             else:
@@ -141,6 +156,7 @@ def run_cell(
     finally:
         namespace.pop(LOOP_VAR, None)
         namespace.pop(COUNTER_VAR, None)
+        namespace.pop(INNER_VAR, None)
     run.close()
 
     exec(compiled.teardown, namespace)

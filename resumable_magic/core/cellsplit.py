@@ -116,7 +116,7 @@ def compile_iterable(plan: CellPlan, filename: str) -> CodeType:
     return compile(ast.Expression(body=plan.loop.iter), filename, "eval")
 
 
-def compile_loop(plan: CellPlan, filename: str) -> CodeType:
+def compile_loop(plan: CellPlan, filename: str, body: list[ast.stmt] | None = None) -> CodeType:
     """The loop, rewritten so that its iteration boundaries call into the run.
 
     ``for T in EXPR:`` becomes ``for T in _resumable_loop_:`` (an iterator the run provides, which
@@ -130,14 +130,15 @@ def compile_loop(plan: CellPlan, filename: str) -> CodeType:
 
     which is the same loop: ``ELSE`` runs exactly when the condition turns false, and a top-level
     loop's ``else`` cannot hold a ``break`` or ``continue`` of its own. Body, ``break`` and
-    ``continue`` are untouched, so they behave exactly as written.
+    ``continue`` are untouched, so they behave exactly as written. ``body`` replaces a ``for`` loop's
+    body (a nested loop's, with its inner loop rewritten: :mod:`.nestsplit`).
     """
     loop = plan.loop
     new: ast.stmt
     iterator = ast.copy_location(ast.Name(id=LOOP_VAR, ctx=ast.Load()), loop)
     if isinstance(loop, ast.For):
         new = ast.For(
-            target=loop.target, iter=iterator, body=loop.body, orelse=loop.orelse, type_comment=None
+            target=loop.target, iter=iterator, body=body or loop.body, orelse=loop.orelse, type_comment=None
         )
     else:
         if loop.orelse:  # a stray break/continue in `else` is a SyntaxError: keep it one
@@ -167,7 +168,7 @@ class CompiledCell:
     display: CodeType | None  # that expression, shown as the cell's value
 
 
-def compile_cell(plan: CellPlan, filename: str) -> CompiledCell:
+def compile_cell(plan: CellPlan, filename: str, loop_body: list[ast.stmt] | None = None) -> CompiledCell:
     """Compile setup, loop and teardown at once, so that a statement Python refuses where it stands
     (``return``, ``yield`` or ``nonlocal`` outside a function, ``await`` outside IPython's own
     top-level runner) is a one-line :class:`CellStructureError` naming its line, raised before the
@@ -178,7 +179,7 @@ def compile_cell(plan: CellPlan, filename: str) -> CompiledCell:
         return CompiledCell(
             setup=compile_block(plan.setup, filename),
             iterable=compile_iterable(plan, filename) if plan.kind == "for" else None,
-            loop=compile_loop(plan, filename),
+            loop=compile_loop(plan, filename, loop_body),
             teardown=compile_block(teardown, filename),
             display=compile_display(last, filename) if last is not None else None,
         )

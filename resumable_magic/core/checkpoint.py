@@ -17,6 +17,7 @@ from typing import Any
 from resumable_magic.core import messages
 from resumable_magic.core.forked_writer import FORK_MIN_BYTES, ForkedWriter, fork_refusal
 from resumable_magic.core.iteration import MISSING
+from resumable_magic.core.nested import INNER_KEY
 from resumable_magic.core.origin import run_origin
 from resumable_magic.core.policy import CheckpointPolicy
 from resumable_magic.errors import (
@@ -48,7 +49,8 @@ def _versions() -> dict[str, str]:
 
     from resumable_magic._version import __version__
 
-    return {"python": sys.version.split()[0], "dill": dill.__version__, "resumable_magic": __version__}
+    found = {"python": sys.version.split()[0], "dill": dill.__version__, "resumable_magic": __version__}
+    return found | rng.versions()  # numpy's, torch's: a resume on another version is warned about
 
 
 class Checkpointer:
@@ -103,6 +105,8 @@ class Checkpointer:
         # tried (monotonic; a failed one counts, so that a failing disk is not retried at every boundary).
         self.last_generation: int | None = None
         self.last_position = 0
+        self.last_steps = 0  # a nested loop's inner iterations at the newest checkpoint (its --every Nit)
+        self._steps_taken = 0  # ... at the checkpoint being taken
         self.last_time = time.monotonic()
         self.last_size = 0  # bytes of the newest committed state: decides whether to fork
         self._said_mode = False
@@ -118,11 +122,13 @@ class Checkpointer:
         first: bool = False,
         final: bool = False,
         sync: bool = False,
+        nested: tuple[dict[str, Any], dict[str, Any]] | None = None,
     ) -> int:
         """Checkpoint now, at ``position``: synchronously, or by a forked child when the state is large.
 
         ``item`` is the item of the iteration just completed (:data:`~.iteration.MISSING`: none);
-        ``history`` the run's events for the metadata. The first and final checkpoints, and the one
+        ``history`` the run's events for the metadata; ``nested`` a nested loop's record (its manifest
+        part, with ``steps``, and its state part: :meth:`.nested.Nest.record`). The first and final checkpoints, and the one
         taken on a stop request, are synchronous (the run must not go on, or end, before they are
         durable). Returns the newest committed generation.
         """
@@ -134,6 +140,10 @@ class Checkpointer:
         with self.store.fence():  # a writer that lost the run stops before writing anything
             pass
         state, manifest = self._capture(item, position, total, history, final)
+        if nested is not None:
+            manifest.update(nested[0])
+            state[INNER_KEY] = nested[1]
+        self._steps_taken = int(manifest.get("steps") or 0)
         refusal = "synchronous checkpoint" if sync else fork_refusal(self.last_size, self.store.can_fork)
         self.progress.checkpoint_started(position)
         if refusal is None:
@@ -237,6 +247,7 @@ class Checkpointer:
             "header": self.header,
             "final": final,
             "versions": _versions(),
+            "rng_settings": rng.settings(),  # compared on resume, like inputs
             "history": history,
             "origin": self.origin,
         }
@@ -296,6 +307,7 @@ class Checkpointer:
         self.store.accept_verified(result.get("verified") or ())  # what a forked writer stored
         self.store.seen_generation = max(self.store.seen_generation, generation)
         self.last_generation, self.last_position, self.last_size = generation, position, int(result["size"])
+        self.last_steps = self._steps_taken
         self.last_time = time.monotonic()
         self.policy.checkpoint_done(blocked)
         if self.policy.over_budget_note:

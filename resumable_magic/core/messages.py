@@ -21,6 +21,8 @@ __all__ = [
     "called_code_change_text",
     "code_change_text",
     "disk_space_text",
+    "inner_accumulators_text",
+    "long_iteration_text",
     "replay_text",
     "resume_text",
     "size_limit_text",
@@ -28,6 +30,7 @@ __all__ = [
     "takeover_text",
     "undefined_name_error",
     "unnamed_change_text",
+    "versions_changed_text",
     "when",
 ]
 
@@ -129,12 +132,22 @@ def resume_text(
     created: float,
     redone: int | None,
     redone_seconds: float | None,
+    inner: int | None = None,
 ) -> str:
+    """``inner``: a nested loop's checkpoint, taken after that many inner iterations of the outer
+    iteration ``position`` (``redone`` then counts inner iterations)."""
     of = f" of {total:,}" if total is not None else ""
-    text = (
-        f"Resumed {', '.join(names)} from the checkpoint at iteration {position:,}{of} "
-        f"(written {when(created)})."
+    at = (
+        f"iteration {position:,}{of}"
+        if inner is None
+        else f"position ({position:,}, {inner:,}) (outer{of}, inner)"
     )
+    text = f"Resumed {', '.join(names)} from the checkpoint at {at} (written {when(created)})."
+    if redone and inner is not None:
+        return text + (
+            f" Redoing the work after it: {redone:,} inner iteration{'' if redone == 1 else 's'}, about "
+            f"{format_duration(redone_seconds or 0)} of work."
+        )
     if redone:
         return text + (
             f" Redoing the work after it: the interrupted run had reached iteration "
@@ -182,4 +195,30 @@ def replay_text(key: str, finished_at: float, position: int, restored: Sequence[
         f"Replayed the finished run {key!r} (finished {when(finished_at)} after "
         f"{position:,} iterations): restored {', '.join(restored)}; the loop was skipped. "
         f"Use --fresh to run it again."
+    )
+
+
+def versions_changed_text(moved: Sequence[str]) -> str:
+    return (
+        f"The checkpoint was written with other library versions ({'; '.join(moved)}). Random streams "
+        f"and numerical kernels may differ between versions, so the resumed run may not end bit for bit "
+        f"as an uninterrupted run would; it does continue from the checkpoint's state."
+    )
+
+
+def long_iteration_text(header: str, took: float, why: str) -> str:
+    return (
+        f"One iteration of `{header}` took {format_duration(took)}, longer than the interval between "
+        f"checkpoints, and a checkpoint can only be taken between iterations: a crash can lose a whole "
+        f"iteration. {why}"
+    )
+
+
+def inner_accumulators_text(names: Mapping[str, int], header: str) -> str:
+    listed = ", ".join(f"{n!r} (line {line})" for n, line in names.items())
+    they, them = ("it", "it") if len(names) == 1 else ("they", "them")
+    return (
+        f"`{header}` changes {listed}, which the outer loop sets before it and which is not named as "
+        f"state: a resume inside this inner loop runs that statement again, so {they} would restart "
+        f"from there, losing what the iterations before the checkpoint added. Add {them} to the names."
     )

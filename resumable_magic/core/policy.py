@@ -96,6 +96,7 @@ class CheckpointPolicy:
         self.budget, self.floor, self.cap = budget, floor, cap
         self.over_budget_note: str | None = None
         self._noted = False
+        self._said_too_long = False
         self._interval = floor if every is None else every.seconds
 
     def describe(self) -> str:
@@ -129,6 +130,15 @@ class CheckpointPolicy:
         the run's timer thread."""
         iterations = self.iterations
         return last_position + iterations if iterations is not None else -1
+
+    def one_iteration_too_long(self, elapsed: float, iterations: int) -> bool:
+        """True once: when a checkpoint falls due after a single iteration that took well over a time
+        interval (the loop cannot be checkpointed any finer)."""
+        interval = self._interval  # None: an iteration policy, which a long iteration does not delay
+        if self._said_too_long or interval is None or iterations != 1 or elapsed < 1.5 * interval:
+            return False
+        self._said_too_long = True
+        return True
 
     def checkpoint_done(self, blocked_seconds: float) -> None:
         """Learn from a checkpoint that blocked the loop for ``blocked_seconds``."""

@@ -20,6 +20,7 @@ from typing import Any
 from resumable_magic.core import messages
 from resumable_magic.core.checkpoint import RNG_KEY
 from resumable_magic.core.iteration import MISSING
+from resumable_magic.core.nested import INNER_KEY
 from resumable_magic.errors import (
     CheckpointFormatError,
     InputsChangedError,
@@ -43,6 +44,7 @@ from resumable_magic.store.runstore import RunStore
 
 __all__ = [
     "Start",
+    "check_rng",
     "default_directory",
     "find_start",
     "load",
@@ -186,13 +188,15 @@ def skip_completed(
 
 def resume_info(checkpoint: Checkpoint, previous_lease: Mapping[str, Any] | None) -> ResumeInfo:
     """Where a resumed run picks up, and how much work the attempt that ended had done past it (from
-    its lease's last heartbeat: how far it got, and when)."""
+    its lease's last heartbeat: how far it got, and when). A nested loop's heartbeat counts inner
+    iterations, as its checkpoints' ``steps`` do."""
     beat = previous_lease or {}
+    at = int(checkpoint.manifest.get("steps", checkpoint.position))
     reached, seen, began = beat.get("position"), beat.get("heartbeat"), beat.get("acquired")
     redone: int | None = None
     redone_seconds: float | None = None
     if isinstance(reached, int) and isinstance(seen, (int, float)):
-        redone = max(0, reached - checkpoint.position)
+        redone = max(0, reached - at)
         # The attempt's own work began when it took the lease: when it wrote no checkpoint of its own
         # (it resumed from this one and died), the time before it started is no work of its.
         start = max(checkpoint.created, began) if isinstance(began, (int, float)) else checkpoint.created
@@ -221,6 +225,30 @@ def put_back(payload: dict[str, Any], namespace: MutableMapping[str, Any], names
     rng.restore(payload.get(RNG_KEY, {}))
 
 
+def check_rng(
+    manifest: Mapping[str, Any], progress: ProgressModel, *, accept_changes: bool, finished: bool
+) -> None:
+    """Before the loop resumes: refuse when a setting that decides reproducibility changed since the
+    checkpoint (torch's deterministic algorithms...), like a changed input; warn once when a library
+    whose random streams the checkpoint holds has another version now."""
+    recorded = manifest.get("rng_settings") or {}
+    now = rng.settings()
+    changes = {k: (str(v), str(now[k])) for k, v in recorded.items() if k in now and now[k] != v}
+    if changes and not accept_changes:
+        raise InputsChangedError(changes, finished)
+    if changes:
+        progress.message("info", messages.accepted_changes_text(changes))
+    then = manifest.get("versions") or {}
+    versions = rng.versions()
+    moved = [
+        f"{name} {then[name]} then, {versions[name]} now"
+        for name in versions
+        if then.get(name, versions[name]) != versions[name]
+    ]
+    if moved:
+        progress.message("warning", messages.versions_changed_text(moved))
+
+
 def _quote(names: Iterable[str]) -> str:
     return ", ".join(repr(n) for n in names)
 
@@ -230,6 +258,7 @@ def variables_of(checkpoint: Checkpoint, map_location: str | None = None) -> dic
     check_devices(checkpoint.manifest.get("devices") or (), map_location)
     payload = decode_state(checkpoint.state, checkpoint.buffers, map_location)
     payload.pop(RNG_KEY, None)
+    payload.pop(INNER_KEY, None)
     return payload
 
 

@@ -22,18 +22,19 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import time
 from collections.abc import Generator, Iterable, Iterator, Mapping, MutableMapping, Sequence
+from inspect import GEN_SUSPENDED, getgeneratorstate
 from itertools import chain
 from typing import Any
 
-from resumable_magic.core import iteration, messages
+from resumable_magic.core import history, iteration, messages
 from resumable_magic.core.checkpoint import WRITER_WAIT, Checkpointer
-from resumable_magic.core.origin import restart_cause
+from resumable_magic.core.nested import INNER_KEY, Nest
 from resumable_magic.core.policy import CheckpointPolicy, Every, parse_every, parse_size
 from resumable_magic.core.resume import (
     Start,
+    check_rng,
     default_directory,
     find_start,
     load_payload,
@@ -53,7 +54,6 @@ from resumable_magic.store.runstore import RunStore
 
 __all__ = ["Resumable"]
 
-_HISTORY_LIMIT = 200  # events kept in the metadata: the first one and the newest ones
 _MISSING = iteration.MISSING  # "no item": a checkpoint not taken at a for-loop boundary
 
 
@@ -81,6 +81,9 @@ class Resumable:
         map_location: ``"cpu"``: restore PyTorch tensors into the CPU's memory, whatever device they
             were saved from (default: their own device; a checkpoint from a GPU this machine lacks is
             refused).
+        nested: the loop holds an inner loop, iterated with :meth:`iterate` inside the outer one:
+            checkpoints fall between inner iterations too, and ``every="Nit"`` counts those
+            (:mod:`.nested`).
     """
 
     def __init__(
@@ -101,6 +104,7 @@ class Resumable:
         params: Mapping[str, Any] | None = None,
         max_size: str | int | None = None,
         map_location: str | None = None,
+        nested: bool = False,
     ) -> None:
         self.key = key
         self.map_location = map_location
@@ -153,6 +157,9 @@ class Resumable:
         self._prepared = False
         self._sequence: list[Any] | tuple[Any, ...] | range | None = None  # a fast for loop's iterable
         self._ended = False
+        # Why the loop cannot be checkpointed inside an iteration, said if one outlasts the interval.
+        self.nesting_note = "Iterate over the inner loop with run.iterate(...) and nested=True."
+        self.nest = Nest(self, self._info) if nested else None
 
     # -- the script API ---------------------------------------------------------------------------
     def __enter__(self) -> Resumable:
@@ -173,9 +180,11 @@ class Resumable:
         """Iterate over ``iterable``, skipping what was done before the crash, checkpointing as due."""
         if self.replayed:
             return iter(())
+        if self._iterator is not None and getgeneratorstate(self._iterator) == GEN_SUSPENDED:  # in the loop
+            return Nest.needed(self.nest).inner_loop(iterable)
         iterator = iterable if self._prepared else self.prepare(iterable)
         self._iterator, loop = iteration.drive(self, iterator, self._sequence)  # type: ignore[arg-type]
-        return loop
+        return loop if self.nest is None else self.nest.outer(loop)
 
     def count(self, namespace: Mapping[str, Any], counter: str) -> Iterator[int]:
         """Iteration numbers for a rewritten ``while`` loop: ``for <counter> in run.count(...)``.
@@ -233,6 +242,7 @@ class Resumable:
         if start.checkpoint is not None:
             self.history, self.replayed = start.history, start.replayed
             self.position = self.checkpoints.last_position = start.checkpoint.position
+            self.checkpoints.last_steps = int(start.checkpoint.manifest.get("steps") or 0)
 
     def prepare(self, iterable: Iterable[Any]) -> Iterator[Any]:
         """An iterator over ``iterable`` advanced past the completed iterations, with the item at the
@@ -288,11 +298,11 @@ class Resumable:
             for name in self.names:
                 if name not in self.namespace:
                     raise messages.undefined_name_error(name, self.namespace)
-            self.history = [self._event("started")]
+            self.history = [history.event("started")]
             self._start_threads()
             self.progress.run_started(self._start_info(None))
             self._take_checkpoint(_MISSING, first=True)
-            self.next_at = self.policy.next_due_at(self.checkpoints.last_position)
+            self.next_at = self.policy.next_due_at(self._count()[1])
             return
         payload = self._payload()
         if not self.replayed:
@@ -301,7 +311,17 @@ class Resumable:
             check_state(
                 {n: self.namespace[n] for n in self.names if n not in payload and n in self.namespace}
             )
-        put_back(payload, self.namespace, self.names + (self.final_names if self.replayed else ()))
+        check_rng(
+            checkpoint.manifest, self.progress, accept_changes=self.accept_changes, finished=self.replayed
+        )
+        names = self.names + (self.final_names if self.replayed else ())
+        restore_state = lambda: put_back(payload, self.namespace, names)  # noqa: E731
+        # A checkpoint inside an inner loop: the state goes back once that loop is reproduced.
+        nest = self.nest if not self.replayed else None
+        if nest is None and not self.replayed:
+            Nest.refuse_flat(checkpoint.manifest)
+        if nest is None or not nest.resume_from(checkpoint.manifest, payload.get(INNER_KEY), restore_state):
+            restore_state()
         if self.replayed:
             self.lease.release(undo=True)  # a replay only reads
             finished_at = (self._start.done or {}).get("finished", checkpoint.created)
@@ -312,31 +332,12 @@ class Resumable:
             return
         # The lease of the attempt that ended says how far it got, and when: the work redone now.
         resumed = resume_info(checkpoint, self.lease.previous)
-        self.history.append(
-            self._event(
-                "resumed",
-                **{"from": checkpoint.position},
-                redone=resumed.redone_iterations,
-                redone_seconds=resumed.redone_seconds,
-                after=self._start.previous_end or "crashed",
-                cause=restart_cause(),  # set when `resumable run` restarted a dead kernel or script
-            )
-        )
-        self.next_at = self.policy.next_due_at(self.checkpoints.last_position)
+        self.history.append(history.resumed_event(checkpoint, resumed, self._start.previous_end))
+        self.next_at = self.policy.next_due_at(self._count()[1])
         self._start_threads()
         self.checkpoints.last_time = time.monotonic()  # a time policy counts from the resume
         self.progress.run_started(self._start_info(resumed))
-        self._info(
-            messages.resume_text(
-                self.names,
-                checkpoint.position,
-                # The plain API learns the total only when the loop starts: the checkpoint knows it.
-                self.total if self.total is not None else _int_or_none(checkpoint.manifest.get("total")),
-                checkpoint.created,
-                resumed.redone_iterations,
-                resumed.redone_seconds,
-            )
-        )
+        self._info(history.resumed_text(self.names, checkpoint, self.total, resumed))
 
     def finish(self) -> None:
         """The loop ended normally (also by ``break``): write the final checkpoint and the DONE record."""
@@ -345,6 +346,8 @@ class Resumable:
         self._wakeup.stop_timer()
         if self._iterator is not None:
             self._iterator.close()  # syncs self.position after a `break`
+        if self.nest is not None:
+            self.nest.check_resumed()
         self._check_unnamed()  # a loop shorter than a checkpoint interval: asked at its end
         generation = self._take_checkpoint(_MISSING, final=True)
         self.store.mark_finished(generation, {"finished": time.time(), "position": self.position})
@@ -375,7 +378,7 @@ class Resumable:
                 record = {"state": outcome, "time": time.time(), "position": self.position}
                 self.store.write_outcome({**record, "error": error} if error else record)
                 self.progress.run_ended(outcome, detail)
-        self.lease.release(self.position, undo=not self._started)
+        self.lease.release(self._count()[0], undo=not self._started)  # what the heartbeat counts
         self._wakeup.stop()  # signals back; a SIGTERM that arrived now terminates the process
 
     # -- boundaries and checkpoints --------------------------------------------------------------------
@@ -394,7 +397,12 @@ class Resumable:
             self._take_checkpoint(item, sync=True)
             name = signal.Signals(self._wakeup.stop_signal).name
             raise RunInterrupted(messages.stopped_text(name, self.position), self.position, name)
-        if self.policy.due(now, self.position, checkpoints.last_time, checkpoints.last_position):
+        count, last = self._count()
+        if self.policy.due(now, count, checkpoints.last_time, last):
+            if self.policy.one_iteration_too_long(now - checkpoints.last_time, count - last):
+                self._warn(
+                    messages.long_iteration_text(self.header, now - checkpoints.last_time, self._finer())
+                )
             self._take_checkpoint(item)
             self._check_unnamed()
         elif now >= self._next_report:
@@ -404,31 +412,42 @@ class Resumable:
         # While a background writer is in flight its checkpoint is not committed yet, so the position
         # an iteration policy names may already be behind: look again at the next iteration (the
         # drivers stop only where the position equals next_at, never past it).
-        next_at = self.policy.next_due_at(checkpoints.last_position)
-        self.next_at = next_at if next_at < 0 or next_at > self.position else self.position + 1
+        count, last = self._count()
+        next_at = self.policy.next_due_at(last)
+        self.next_at = next_at if next_at < 0 or next_at > count else count + 1
 
     def _take_checkpoint(
         self, item: Any = _MISSING, *, first: bool = False, final: bool = False, sync: bool = False
     ) -> int:
         """Checkpoint now (:meth:`.Checkpointer.take`); returns the newest committed generation."""
+        item, nested = self.nest.record(item) if self.nest is not None else (item, None)
+        events = self.history + ([history.event("finished", position=self.position)] if final else [])
         return self.checkpoints.take(
-            item, self.position, self.total, self._history(final), first=first, final=final, sync=sync
+            item,
+            self.position,
+            self.total,
+            history.trimmed(events),
+            first=first,
+            final=final,
+            sync=sync,
+            nested=nested,
         )
+
+    def _count(self) -> tuple[int, int]:
+        """What an iteration policy counts, now and at the newest checkpoint: a nested loop's inner
+        iterations, else the loop's."""
+        if self.nest is not None:
+            return self.nest.steps, self.checkpoints.last_steps
+        return self.position, self.checkpoints.last_position
+
+    def _finer(self) -> str:
+        """Why the loop cannot be checkpointed inside the iteration that just outlasted the interval."""
+        inner = self.nest is not None and self.nest.inner is not None
+        return "It is an inner iteration, which is not split further." if inner else self.nesting_note
 
     def _start_threads(self) -> None:
         self._wakeup.start()
-        self.lease.start_heartbeat(lambda: self.position, on_lost=lambda: self.wake.__setitem__(0, True))
-
-    def _event(self, event: str, **details: Any) -> dict[str, Any]:
-        record = {"event": event, "time": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
-        record.update((k, v) for k, v in details.items() if v is not None)
-        return record
-
-    def _history(self, final: bool) -> list[dict[str, Any]]:
-        events = self.history + ([self._event("finished", position=self.position)] if final else [])
-        if len(events) > _HISTORY_LIMIT:
-            events = events[:1] + events[-(_HISTORY_LIMIT - 1) :]
-        return events
+        self.lease.start_heartbeat(lambda: self._count()[0], on_lost=lambda: self.wake.__setitem__(0, True))
 
     # -- reporting ----------------------------------------------------------------------------------------
     def _info(self, text: str) -> None:
@@ -448,7 +467,3 @@ class Resumable:
             replayed=self.replayed,
             directory=str(self.store.path),
         )
-
-
-def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -11,7 +11,8 @@ theirs. The text is readable: it is what a refusal shows.
 
 **Items.** The item at a checkpoint's position is recorded, and a resumed loop must yield the same item
 there (:func:`item_matches`). Plain data and arrays are fingerprinted by the same text as inputs (as
-every version has); any other item by its canonical digest
+every version has), torch tensors and containers of them (a DataLoader's batch) by their bytes; any
+other item by its canonical digest
 (:func:`~resumable_magic.state.canonical.canonical_digest`: sets ordered, recursively, inside any
 container or object state, so an object holding a set of strings fingerprints the same in every
 kernel), tagged ``c1:``. Fingerprints written by earlier versions (a digest of the item's pickle) are
@@ -114,13 +115,41 @@ def _array(value: Any) -> str | None:
     return f"array{tuple(value.shape)} {value.dtype}, digest {xxhash.xxh3_128_hexdigest(data.data)[:16]}"
 
 
+def _tensor(value: Any) -> str | None:
+    """A torch tensor by dtype, shape and a digest of its bytes (bfloat16 too: read as raw bytes)."""
+    torch = sys.modules.get("torch")  # a tensor means torch is imported
+    if torch is None or not isinstance(value, torch.Tensor) or value.is_sparse or value.is_quantized:
+        return None
+    data = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return f"tensor{tuple(value.shape)} {value.dtype}, digest {xxhash.xxh3_128_hexdigest(data.data)[:16]}"
+
+
+def _batch(value: Any) -> str | None:
+    """A tuple, list or dict holding torch tensors (a DataLoader's batch), by its pieces' texts."""
+    torch = sys.modules.get("torch")
+    pieces = value.values() if isinstance(value, dict) else value
+    if torch is None or not isinstance(value, (tuple, list, dict)) or len(value) > 64:
+        return None
+    if not any(isinstance(piece, torch.Tensor) for piece in pieces):
+        return None  # (other containers keep the fingerprints earlier versions recorded)
+    if isinstance(value, dict):
+        parts = [_fingerprint(v, by_value=False) for v in value.values()]
+        keys = [_canonical(k, [MAX_ITEMS], False) for k in value]
+        if None in parts or None in keys:
+            return None
+        return "{" + ", ".join(f"{k}: {v}" for k, v in zip(keys, parts, strict=True)) + "}"
+    texts = [_fingerprint(v, by_value=False) for v in value]
+    return None if None in texts else f"{type(value).__name__}({', '.join(texts)})"  # type: ignore[arg-type]
+
+
 def _fingerprint(value: Any, by_value: bool) -> str | None:
     try:
         text = _canonical(value, [MAX_ITEMS], by_value)
     except (_TooBig, RecursionError):
         return None
     if text is None:
-        return _array(value)
+        # Tensors, and batches of them, as loop items only: inputs stay what they were.
+        return _array(value) or (None if by_value else _tensor(value) or _batch(value))
     if len(text) <= _SHOWN:
         return text
     size = f"{len(value)} items, " if isinstance(value, _CONTAINERS) else ""
