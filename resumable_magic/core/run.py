@@ -48,6 +48,7 @@ from resumable_magic.progress.snapshots import ResumeInfo, StartInfo
 from resumable_magic.progress.textview import TextProgress
 from resumable_magic.state.fingerprint import fingerprint_inputs
 from resumable_magic.state.serialize import check_state
+from resumable_magic.store.autoresume import jupyterlab_resume
 from resumable_magic.store.runstore import RunStore
 
 __all__ = ["Resumable"]
@@ -311,6 +312,7 @@ class Resumable:
                 redone=resumed.redone_iterations,
                 redone_seconds=resumed.redone_seconds,
                 after=self._start.previous_end or "crashed",
+                jupyterlab=jupyterlab_resume(self.store, self.history, checkpoint.created),
             )
         )
         self.next_at = self.policy.next_due_at(self.checkpoints.last_position)

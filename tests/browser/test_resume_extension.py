@@ -1,0 +1,293 @@
+"""End to end: the JupyterLab / Notebook 7 extension resumes a ``%%resumable`` cell after its kernel is
+SIGKILLed (issue 17 part 2): the Resume notification, the ``autoResume`` setting, the crash-loop limit,
+and the events the progress widget's dead-kernel view listens to.
+
+The kernel is killed from outside (its pid from the server's kernel id), or kills itself at the same
+point every time; the result is checked in a cell against the uninterrupted result; the run's folder
+on disk says how far the loop got and how it was resumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+
+from resumable_magic.store.autoresume import read_grants
+from resumable_magic.store.catalog import RunInfo, find_run
+from resumable_magic.store.runstore import RunStore
+
+SETUP = "%load_ext resumable_magic\nimport os, signal, time"
+OFFSET = "offset = 7"
+STEPS = 60
+LOOP = f"""\
+%%resumable total --every 1it
+total = 0
+for i in range({STEPS}):
+    total += i * offset
+    time.sleep(0.1)
+"""
+CHECK = 'print("RESULT", total)'
+EXPECTED = sum(i * 7 for i in range(STEPS))
+
+# Kills its own kernel at iteration 5, every time it is resumed: a crash loop.
+CRASH_LOOP = """\
+%%resumable total --every 1it
+total = 0
+for i in range(30):
+    if i == 5:
+        os.kill(os.getpid(), signal.SIGKILL)
+    total += i
+"""
+LIMIT = 3  # resumable_magic.server.resume_api.AUTO_RESUME_LIMIT
+SETTINGS = "/lab/api/settings/resumable-magic:plugin"
+
+
+def checkpoints(server: Any) -> Path:
+    return server.root.parent / "checkpoints"  # the fixture's RESUMABLE_DIR
+
+
+def key_of(server: Any, notebook: str, index: int) -> str:
+    cell_id = nbformat.read(server.root / notebook, as_version=4).cells[index].id
+    return f"{notebook}/cell-{cell_id}"
+
+
+def wait_for(what: str, condition: Any, timeout: float = 60.0) -> Any:
+    """Poll ``condition()`` until it returns something true; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)  # polling interval for a condition on disk, not a wait for a race
+
+
+@contextlib.contextmanager
+def servers_key(server: Any) -> Iterator[None]:
+    """Read checkpoints with the signing key of the server's kernels (in its JUPYTER_DATA_DIR)."""
+    before = os.environ.get("JUPYTER_DATA_DIR")
+    os.environ["JUPYTER_DATA_DIR"] = str(server.root.parent / "data")
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["JUPYTER_DATA_DIR"]
+        else:
+            os.environ["JUPYTER_DATA_DIR"] = before
+
+
+def run_info(server: Any, key: str) -> RunInfo | None:
+    with servers_key(server):
+        run = find_run(checkpoints(server), key)
+    assert run is None or not run.problems, run.problems
+    return run
+
+
+def position(server: Any, key: str) -> int:
+    run = run_info(server, key)
+    return run.position if run and run.position is not None else -1
+
+
+def finished(server: Any, key: str) -> bool:
+    run = run_info(server, key)
+    return bool(run and run.state == "finished")
+
+
+def resumed_events(server: Any, key: str) -> list[dict[str, Any]]:
+    run = run_info(server, key)
+    assert run is not None, f"no run {key} in {checkpoints(server)}"
+    return [e for e in run.to_json()["history"] if e.get("event") == "resumed"]
+
+
+def settings_put(server: Any, values: dict[str, Any]) -> None:
+    request = urllib.request.Request(
+        f"{server.url}{SETTINGS}",
+        method="PUT",
+        data=json.dumps({"raw": json.dumps(values)}).encode(),
+        headers={"Authorization": f"token {server.token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10):
+        pass
+
+
+@pytest.fixture
+def auto_resume(lab: Any) -> Iterator[None]:
+    """The ``autoResume`` setting on (set on the server before the page loads it), off afterwards."""
+    settings_put(lab, {"autoResume": True})
+    try:
+        yield
+    finally:
+        settings_put(lab, {"autoResume": False})
+
+
+@pytest.fixture
+def nb7_page(browser: Any, notebook7: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(30_000)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+        notebook7.shutdown_kernels()
+
+
+def stand_in_widget(page: Any, directory: Path, key: str) -> None:
+    """A running ``.resumable-widget`` element as the widget's view marks itself, in the open notebook,
+    recording the events the extension sends it (the widget helper's dead-kernel view listens)."""
+    page.evaluate(
+        """([directory, key]) => {
+            const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook');
+            const el = document.createElement('div');
+            el.className = 'resumable-widget';
+            Object.assign(el.dataset, {status: 'running', directory, key});
+            window.__rmEvents = [];
+            el.addEventListener('resumable-kernel-died',
+                e => window.__rmEvents.push({type: e.type, detail: e.detail, at: Date.now()}));
+            el.addEventListener('resumable-kernel-restarted',
+                e => window.__rmEvents.push({type: e.type, at: Date.now()}));
+            panel.appendChild(el);
+        }""",
+        [str(directory), key],
+    )
+
+
+def run_until_checkpointed(server: Any, page: Any, notebook: str, at_least: int = 10) -> str:
+    """Run the setup, offset and loop cells; return the loop's key once a checkpoint reached
+    ``at_least`` iterations on disk."""
+    key = key_of(server, notebook, 2)
+    server.open(page, notebook)
+    server.run_cell(page, 0)
+    server.run_cell(page, 1)
+    server.run_cell(page, 2, wait=False)
+    wait_for(f"a checkpoint at iteration {at_least} of {key}", lambda: position(server, key) >= at_least)
+    return key
+
+
+def check_result(server: Any, page: Any, key: str, how: str, dead_pid: int, notebook: str) -> None:
+    """The loop finished in a new kernel, resumed (not started over) as ``how`` says, and the check
+    cell prints the uninterrupted result."""
+    wait_for(f"{key} to finish after the resume", lambda: finished(server, key), timeout=90)
+    server.wait_cell_done(page, 2)
+    server.wait_kernel_ready(page)
+    server.run_cell(page, 3)
+    assert f"RESULT {EXPECTED}" in " ".join(server.outputs(page, 3))
+    assert server.kernel_pid(notebook) != dead_pid
+    events = resumed_events(server, key)
+    assert len(events) == 1, events
+    assert events[0]["from"] >= 10 and events[0].get("jupyterlab") == how, events
+
+
+def test_resume_notification_one_click(lab: Any, page: Any) -> None:
+    notebook = lab.write_notebook("resume_click", [SETUP, OFFSET, LOOP, CHECK])
+    key = run_until_checkpointed(lab, page, notebook)
+    stand_in_widget(page, checkpoints(lab), key)
+    dead_pid = lab.kernel_pid(notebook)
+    os.kill(dead_pid, signal.SIGKILL)
+    killed_at = time.time() * 1000
+
+    # The widget's view is told the true last checkpoint on disk, within seconds of the death.
+    died = page.wait_for_function("() => window.__rmEvents.find(e => e.type === 'resumable-kernel-died')")
+    with servers_key(lab):
+        on_disk = RunStore(checkpoints(lab), key).read_latest(load_state=False).checkpoint
+    assert on_disk is not None
+    detail = died.json_value()
+    assert detail["at"] - killed_at < 5000, detail
+    assert detail["detail"]["checkpoint"]["iteration"] == on_disk.position
+    assert detail["detail"]["checkpoint"]["total"] == STEPS
+    assert detail["detail"]["checkpoint"]["folder_exists"] is True
+
+    resume = page.get_by_role("button", name="Resume", exact=True)
+    resume.wait_for(timeout=60_000)
+    page.wait_for_function("() => window.__rmEvents.some(e => e.type === 'resumable-kernel-restarted')")
+    toast = page.locator(".Toastify__toast", has=resume)
+    message = toast.inner_text()
+    assert message.startswith("The kernel died in cell [3]. Resume reruns [1], [2], [3]: side effects repeat")
+    assert not finished(lab, key)
+    lab.screenshot(page, "resume-notification")
+    dialog = page.locator(".jp-Dialog")
+    if dialog.count():  # Lab's own "Kernel Restarting" dialog: a user closes it first
+        dialog.locator(".jp-mod-accept").click()
+    resume.click()
+    check_result(lab, page, key, "clicked", dead_pid, notebook)
+    lab.screenshot(page, "resumed-after-click")
+
+
+def test_auto_resume_no_click(lab: Any, auto_resume: None, page: Any) -> None:
+    notebook = lab.write_notebook("resume_auto", [SETUP, OFFSET, LOOP, CHECK])
+    key = run_until_checkpointed(lab, page, notebook)
+    dead_pid = lab.kernel_pid(notebook)
+    os.kill(dead_pid, signal.SIGKILL)
+    page.locator(".Toastify__toast", has_text="Resuming: rerunning [1], [2], [3]").wait_for(timeout=60_000)
+    lab.screenshot(page, "auto-resume")
+    assert page.get_by_role("button", name="Resume", exact=True).count() == 0
+    check_result(lab, page, key, "automatic", dead_pid, notebook)
+
+
+def test_crash_loop_stops_after_the_limit(lab: Any, auto_resume: None, page: Any) -> None:
+    notebook = lab.write_notebook("crash_loop", [SETUP, CRASH_LOOP])
+    key = key_of(lab, notebook, 1)
+    lab.open(page, notebook)
+    lab.run_cell(page, 0)
+    lab.run_cell(page, 1, wait=False)
+    refusal = page.locator(".Toastify__toast", has_text="Not resuming automatically")
+    refusal.wait_for(timeout=180_000)
+    message = refusal.inner_text()
+    assert f"crashed {LIMIT} times in the last hour" in message and f"the limit is {LIMIT}" in message
+    lab.screenshot(page, "crash-loop-stopped")
+    grants = read_grants(RunStore(checkpoints(lab), key))
+    assert [g["automatic"] for g in grants] == [True] * LIMIT
+    # Stopped: the kernel Lab restarted after the last crash stays idle, and the loop never got past 5.
+    lab.wait_kernel_ready(page)
+    assert position(lab, key) == 5 and not finished(lab, key)
+    assert len(read_grants(RunStore(checkpoints(lab), key))) == LIMIT
+
+
+def test_notebook7_resume_notification(notebook7: Any, nb7_page: Any) -> None:
+    page = nb7_page
+    notebook = notebook7.write_notebook("resume_nb7", [SETUP, OFFSET, LOOP, CHECK])
+    key = run_until_checkpointed(notebook7, page, notebook)
+    dead_pid = notebook7.kernel_pid(notebook)
+    os.kill(dead_pid, signal.SIGKILL)
+    resume = page.get_by_role("button", name="Resume", exact=True)
+    resume.wait_for(timeout=60_000)
+    notebook7.screenshot(page, "notebook7-resume-notification")
+    dialog = page.locator(".jp-Dialog")
+    if dialog.count():
+        dialog.locator(".jp-mod-accept").click()
+    resume.click()
+    check_result(notebook7, page, key, "clicked", dead_pid, notebook)
+
+
+def test_api_refuses_unauthenticated_and_bad_requests(lab: Any) -> None:
+    for path, method, data in (
+        ("/resumable/api/checkpoint?directory=x&key=y", "GET", None),
+        ("/resumable/api/resume", "POST", b"{}"),
+    ):
+        request = urllib.request.Request(f"{lab.url}{path}", method=method, data=data)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 403, (path, refused.value.code)
+    request = urllib.request.Request(
+        f"{lab.url}/resumable/api/resume",
+        method="POST",
+        data=json.dumps(
+            {"kernel_id": "k", "kernel_session": "s", "tab": "t", "notebook": "n.ipynb"}
+        ).encode(),
+        headers={"Authorization": f"token {lab.token}"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as bad:
+        urllib.request.urlopen(request, timeout=10)
+    assert bad.value.code == 400
+    assert "'cell_id' must be a non-empty string" in json.loads(bad.value.read())["message"]
