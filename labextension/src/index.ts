@@ -8,7 +8,6 @@ import { ILauncher } from '@jupyterlab/launcher';
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { ITranslator, nullTranslator } from '@jupyterlab/translation';
-import { UUID } from '@lumino/coreutils';
 
 // eslint-disable-next-line jupyter/prefer-lazy-imports -- notebooks open at start are watched at once
 import { NotebookWatcher } from './watcher';
@@ -53,7 +52,6 @@ const plugin: JupyterFrontEndPlugin<void> = {
     }
     const options = {
       autoResume: () => autoResume,
-      tab: UUID.uuid4(),
       serverSettings: app.serviceManager.serverSettings,
       trans
     };

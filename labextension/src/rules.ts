@@ -59,11 +59,6 @@ export class KernelStatusRules {
     return null;
   }
 
-  /** True between a crash the server restarts and the kernel being back. */
-  get crashed(): boolean {
-    return this._crashed;
-  }
-
   private _status = 'unknown';
   private _crashed = false;
   private _userRestart = false;

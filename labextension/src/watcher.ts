@@ -9,6 +9,7 @@ import {
 } from '@jupyterlab/services';
 
 import { TranslationBundle } from '@jupyterlab/translation';
+import { UUID } from '@lumino/coreutils';
 
 import { IResumeAnswer, fetchCheckpoint, requestAPI } from './api';
 import {
@@ -25,8 +26,6 @@ import {
 export interface IWatchOptions {
   /** The `autoResume` setting, read when a crash happens. */
   autoResume: () => boolean;
-  /** This browser tab's id: the server grants a resume to one tab. */
-  tab: string;
   serverSettings: ServerConnection.ISettings;
   trans: TranslationBundle;
 }
@@ -67,6 +66,9 @@ export class NotebookWatcher {
     const msg = args.msg;
     if (args.direction === 'send') {
       if (msg.header.msg_type === 'execute_request') {
+        if (!this._resuming) {
+          this._forget(); // the user runs cells in the new kernel: the offer is out of date
+        }
         const content =
           msg.content as KernelMessage.IExecuteRequestMsg['content'];
         const cellId = (msg.metadata as { cellId?: string }).cellId ?? null;
@@ -119,17 +121,25 @@ export class NotebookWatcher {
       void this._onBack();
     } else if (event === 'restarted-by-user') {
       this._runs.clear();
+      this._forget();
+    }
+  }
+
+  /** Drop the dead kernel's cells and the notification offering to run them. */
+  private _forget(): void {
+    this._deadRuns = [];
+    if (this._offer) {
+      Notification.dismiss(this._offer);
+      this._offer = null;
     }
   }
 
   /** The kernel died: keep what it ran, and tell the running widgets the true last checkpoint. */
   private _onDied(): void {
+    this._deaths += 1;
+    this._forget();
     this._deadRuns = [...this._runs.values()];
     this._runs.clear();
-    if (this._offer) {
-      Notification.dismiss(this._offer);
-      this._offer = null;
-    }
     this._dead = Array.from(
       this._panel.node.querySelectorAll<HTMLElement>(RUNNING_WIDGETS)
     );
@@ -242,7 +252,7 @@ export class NotebookWatcher {
           body: JSON.stringify({
             kernel_id: context.session?.kernel?.id,
             kernel_session: interrupted.kernelSession ?? 'unknown',
-            tab: this._options.tab,
+            tab: this._id,
             notebook: context.path,
             cell_id: cellId,
             magic_line: magicLine(interrupted.code),
@@ -253,11 +263,12 @@ export class NotebookWatcher {
         }
       );
       if (!body.granted) {
-        // Another tab resuming is no news; a refusal (a crash loop) is.
-        if (status === 429 || automatic) {
-          Notification.warning(body.reason ?? 'Not resumed.', {
-            autoClose: false
-          });
+        // 409: another tab resumes these cells; otherwise a refusal that stays until read.
+        const reason = body.reason ?? 'Not resumed.';
+        if (status === 409) {
+          Notification.info(reason, { autoClose: 5000 });
+        } else {
+          Notification.warning(reason, { autoClose: false });
         }
         return;
       }
@@ -278,14 +289,19 @@ export class NotebookWatcher {
     plan: IResumePlan,
     context: ISessionContext
   ): Promise<void> {
+    const deaths = this._deaths;
     for (const [i, cellId] of plan.cellIds.entries()) {
       const cell = this._cell(cellId);
       const reply =
         cell instanceof CodeCell
-          ? await CodeCell.execute(cell, context, { recordTiming: false })
+          ? await CodeCell.execute(cell, context, {
+              recordTiming: false
+            }).catch(
+              () => undefined // the kernel died under it: that crash has its own notification
+            )
           : undefined;
       if (!reply || reply.content.status !== 'ok') {
-        if (!this._rules.crashed) {
+        if (this._deaths === deaths) {
           Notification.warning(
             `Resume stopped at the cell that ran as [${plan.executionCounts[i]}]: it raised an error, so the cells after it were not run.`,
             { autoClose: false }
@@ -296,6 +312,8 @@ export class NotebookWatcher {
     }
   }
 
+  /** This watcher's id: the server grants a resume to one watcher (tab, or view of a notebook). */
+  private readonly _id = UUID.uuid4();
   private readonly _rules = new KernelStatusRules();
   private _session: Session.ISessionConnection | null = null;
   private _runs = new Map<string, ITracked>();
@@ -304,4 +322,5 @@ export class NotebookWatcher {
   private _told: Promise<void> = Promise.resolve();
   private _offer: string | null = null;
   private _resuming = false;
+  private _deaths = 0;
 }

@@ -129,7 +129,7 @@ class ResumeHandler(_Handler):
             raise web.HTTPError(400, str(exc)) from None
         if not exists and automatic:
             self.reply(
-                409,
+                404,
                 {
                     "granted": False,
                     "reason": f"Not resuming automatically: the cell saved no checkpoint (none for '{key}' "

@@ -59,14 +59,12 @@ def claim(store: RunStore, *, automatic: bool, limit: int, now: float, details: 
         grants = read_grants(store)
         recent = [g for g in grants if g.get("automatic") and now - g["time"] < WINDOW_SECONDS]
         if automatic and len(recent) >= limit:
-            minutes = max(1, round((WINDOW_SECONDS - (now - recent[-limit]["time"])) / 60))
-            return Grant(
-                False,
-                len(recent),
-                f"Not resuming automatically: this cell's kernel has crashed {len(recent)} times in the "
-                f"last hour, each time after an automatic resume (the limit is {limit}). Find what kills "
-                f"the kernel, then run the cell again; automatic resumes start again in {minutes} min.",
+            # Short enough for a notification toast (140 characters); the docs say when it clears.
+            reason = (
+                f"Not resuming automatically: this cell crashed its kernel {len(recent)} times in the "
+                "last hour (the limit). Fix the cause, then run it yourself."
             )
+            return Grant(False, len(recent), reason)
         grants.append({**details, "time": now, "automatic": automatic})
         body = {"key": store.key, "grants": grants[-_KEPT:]}
         store.backend.put_record(AUTORESUME_FILE, json.dumps(body, ensure_ascii=False).encode())
