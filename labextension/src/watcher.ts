@@ -67,7 +67,7 @@ export class NotebookWatcher {
     if (args.direction === 'send') {
       if (msg.header.msg_type === 'execute_request') {
         if (!this._resuming) {
-          this._forget(); // the user runs cells in the new kernel: the offer is out of date
+          this._forget(); // the user runs cells in the new kernel: the notice is out of date
         }
         const content =
           msg.content as KernelMessage.IExecuteRequestMsg['content'];
@@ -125,12 +125,12 @@ export class NotebookWatcher {
     }
   }
 
-  /** Drop the dead kernel's cells and the notification offering to run them. */
+  /** Drop the dead kernel's cells and the notification about them (the offer, or "Resuming"). */
   private _forget(): void {
     this._deadRuns = [];
-    if (this._offer) {
-      Notification.dismiss(this._offer);
-      this._offer = null;
+    if (this._notice) {
+      Notification.dismiss(this._notice);
+      this._notice = null;
     }
   }
 
@@ -177,7 +177,7 @@ export class NotebookWatcher {
     } else if (this._options.autoResume()) {
       await this._resume(true, false);
     } else {
-      this._offer = Notification.info(resumeMessage(plan, false), {
+      this._notice = Notification.info(resumeMessage(plan, false), {
         autoClose: false,
         actions: [
           {
@@ -195,7 +195,7 @@ export class NotebookWatcher {
 
   /** A cell changed since it ran: say so, and run only if the user says "Resume anyway". */
   private _ask(plan: IResumePlan): void {
-    this._offer = Notification.warning(resumeMessage(plan, false), {
+    this._notice = Notification.warning(resumeMessage(plan, false), {
       autoClose: false,
       actions: [
         {
@@ -231,7 +231,7 @@ export class NotebookWatcher {
     if (this._resuming || !plan) {
       return;
     }
-    this._offer = null;
+    this._notice = null;
     if (!anyway && (plan.edited.length || plan.missing.length)) {
       this._ask(plan); // edited while the offer was shown
       return;
@@ -274,7 +274,9 @@ export class NotebookWatcher {
       }
       this._deadRuns = [];
       if (automatic) {
-        Notification.info(resumeMessage(plan, true), { autoClose: 10000 });
+        this._notice = Notification.info(resumeMessage(plan, true), {
+          autoClose: 10000
+        });
       }
       await this._run(plan, context);
     } catch (reason) {
@@ -320,7 +322,7 @@ export class NotebookWatcher {
   private _deadRuns: ITracked[] = [];
   private _dead: HTMLElement[] = [];
   private _told: Promise<void> = Promise.resolve();
-  private _offer: string | null = null;
+  private _notice: string | null = null;
   private _resuming = false;
   private _deaths = 0;
 }

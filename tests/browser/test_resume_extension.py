@@ -319,3 +319,50 @@ def test_api_refuses_unauthenticated_and_bad_requests(lab: Any) -> None:
         urllib.request.urlopen(request, timeout=10)
     assert bad.value.code == 400
     assert "'cell_id' must be a non-empty string" in json.loads(bad.value.read())["message"]
+
+
+def test_a_cell_edited_since_it_ran_is_asked_about(lab: Any, page: Any) -> None:
+    notebook = lab.write_notebook("resume_edited", [SETUP, OFFSET, LOOP, CHECK])
+    key = run_until_checkpointed(lab, page, notebook)
+    dead_pid = lab.kernel_pid(notebook)
+    os.kill(dead_pid, signal.SIGKILL)
+    resume = page.get_by_role("button", name="Resume", exact=True)
+    resume.wait_for(timeout=60_000)
+    close_restart_dialogs(page)
+    at_death = position(lab, key)
+    # Edited after the offer appeared: clicking Resume asks again instead of running.
+    lab.cell(page, 1).locator(".jp-InputArea-editor").click()
+    page.keyboard.press("Control+End")
+    page.keyboard.type("  # checked")
+    resume.click()
+    anyway = page.get_by_role("button", name="Resume anyway", exact=True)
+    anyway.wait_for()
+    message = page.locator(".Toastify__toast", has=anyway).inner_text()
+    assert message.startswith("The kernel died in cell [3]. Cells were edited or deleted since they ran")
+    assert read_grants(RunStore(checkpoints(lab), key)) == []
+    assert position(lab, key) == at_death and not finished(lab, key)
+    anyway.click()
+    check_result(lab, page, key, "clicked", dead_pid, notebook)
+
+
+def test_two_tabs_resume_once(lab: Any, auto_resume: None, page: Any, browser: Any) -> None:
+    # The offset cell counts its runs in a file: run once, then once more by one resume.
+    counted = OFFSET + '\nwith open("offset_runs.txt", "a") as f:\n    f.write("x")'
+    notebook = lab.write_notebook("resume_two_tabs", [SETUP, counted, LOOP, CHECK])
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        other = context.new_page()
+        lab.open(other, notebook)  # the second tab, on the same kernel
+        key = run_until_checkpointed(lab, page, notebook)
+        os.kill(lab.kernel_pid(notebook), signal.SIGKILL)
+        wait_for(f"{key} to finish after the resume", lambda: finished(lab, key), timeout=90)
+        grants = read_grants(RunStore(checkpoints(lab), key))
+        assert [g["automatic"] for g in grants] == [True]
+        assert len(resumed_events(lab, key)) == 1
+        assert (lab.root / "offset_runs.txt").read_text() == "xx"
+        lab.wait_kernel_ready(page)
+        close_restart_dialogs(page)
+        lab.run_cell(page, 3)
+        assert f"RESULT {EXPECTED}" in " ".join(lab.outputs(page, 3))
+    finally:
+        context.close()
