@@ -366,3 +366,22 @@ def test_two_tabs_resume_once(lab: Any, auto_resume: None, page: Any, browser: A
         assert f"RESULT {EXPECTED}" in " ".join(lab.outputs(page, 3))
     finally:
         context.close()
+
+
+def test_resumable_runs_opens_the_board_in_a_new_tab(lab: Any, page: Any) -> None:
+    page.goto(f"{lab.url}/lab?reset&token={lab.token}")
+    card = page.locator(".jp-LauncherCard", has_text="Resumable runs")
+    card.wait_for(timeout=60_000)
+    with page.context.expect_page() as opened:
+        card.click()
+    board = opened.value
+    board.wait_for_load_state()
+    assert board.url == f"{lab.url}/resumable/"
+    assert board.title() == "Resumable runs"  # the server's page, reached with the Lab tab's login
+    # The same command from the command palette.
+    page.keyboard.press("Control+Shift+C")
+    page.locator(".lm-CommandPalette-input").fill("Resumable runs")
+    with page.context.expect_page() as again:
+        page.keyboard.press("Enter")
+    again.value.wait_for_load_state()
+    assert again.value.url == f"{lab.url}/resumable/"
