@@ -29,6 +29,7 @@ from tornado import web
 from resumable_magic.errors import ResumableError
 from resumable_magic.storage.base import location
 from resumable_magic.store.autoresume import claim
+from resumable_magic.store.keys import key_to_relpath
 from resumable_magic.store.runstore import RunStore
 
 if TYPE_CHECKING:
@@ -58,10 +59,20 @@ def _optional_text(body: dict[str, Any], name: str) -> str | None:
 
 class _Handler(APIHandler):
     def folder(self, directory: str) -> Any:
-        """A run folder named by the client: a URL as it is, a path relative to the server's root."""
+        """A folder named by the client: a URL as it is, a path relative to the server's root."""
         if "://" in directory:
             return location(directory)
         return location(Path(self.settings["server_root_dir"]).expanduser() / directory)
+
+    def run_store(self, directory: str, key: str) -> RunStore:
+        """Run ``key`` in the checkpoint folder ``directory``, or in the folder above it when
+        ``directory`` is the run's own folder (the widget names that one)."""
+        store = RunStore(self.folder(directory), key)
+        tail = "/" + key_to_relpath(key).as_posix()
+        trimmed = directory.rstrip("/")
+        if not store.folder_exists() and trimmed.endswith(tail):
+            return RunStore(self.folder(trimmed[: -len(tail)]), key)
+        return store
 
     def reply(self, status: int, body: dict[str, Any]) -> None:
         self.set_status(status)
@@ -78,7 +89,7 @@ class CheckpointHandler(_Handler):
         if not directory or not key:
             raise web.HTTPError(400, "Name the run: ?directory=<its checkpoint folder>&key=<its key>.")
         try:
-            store = RunStore(self.folder(directory), key)
+            store = self.run_store(directory, key)
             exists = store.folder_exists()
             checkpoint = store.read_latest(load_state=False).checkpoint if exists else None
         except ResumableError as exc:
@@ -121,9 +132,8 @@ class ResumeHandler(_Handler):
             self.reply(409, {"granted": False, "reason": "Another tab is already resuming these cells."})
             return
 
-        directory, key = self.run_of(body, notebook, cell_id)
         try:
-            store = RunStore(directory, key)
+            store = self.run_of(body, notebook, cell_id)
             exists = store.folder_exists()
         except ResumableError as exc:
             raise web.HTTPError(400, str(exc)) from None
@@ -132,8 +142,8 @@ class ResumeHandler(_Handler):
                 404,
                 {
                     "granted": False,
-                    "reason": f"Not resuming automatically: the cell saved no checkpoint (none for '{key}' "
-                    f"in {directory}), so it would start over. Run it again yourself.",
+                    "reason": "Not resuming automatically: the cell saved no checkpoint, so it would "
+                    "start over. Run it again yourself.",
                 },
             )
             return
@@ -153,24 +163,24 @@ class ResumeHandler(_Handler):
             200,
             {
                 "granted": True,
-                "directory": str(directory),
-                "key": key,
+                "directory": str(store.directory),
+                "key": store.key,
                 "automatic_resumes": grant.automatic_in_window if grant else 0,
                 "limit": AUTO_RESUME_LIMIT,
             },
         )
 
-    def run_of(self, body: dict[str, Any], notebook: str, cell_id: str) -> tuple[Any, str]:
-        """The run folder and key of the crashed cell: as its widget named them, else as the magic
-        derives them from its line (``--name``, ``--dir``), the notebook and the cell's id."""
+    def run_of(self, body: dict[str, Any], notebook: str, cell_id: str) -> RunStore:
+        """The crashed cell's run: as its widget names it, else as the magic derives it from its
+        line (``--name``, ``--dir``), the notebook and the cell's id."""
         directory, key = _optional_text(body, "directory"), _optional_text(body, "key")
         if directory and key:
-            return self.folder(directory), key
+            return self.run_store(directory, key)
         options = _options(_optional_text(body, "magic_line") or "")
         notebook_folder = Path(self.settings["server_root_dir"]).expanduser() / PurePosixPath(notebook).parent
         where = options.get("--dir") or os.environ.get("RESUMABLE_DIR") or ".resumable"
         folder = location(where if "://" in where else notebook_folder / where)
-        return folder, options.get("--name") or f"{PurePosixPath(notebook).name}/cell-{cell_id}"
+        return RunStore(folder, options.get("--name") or f"{PurePosixPath(notebook).name}/cell-{cell_id}")
 
 
 def _options(line: str) -> dict[str, str]:

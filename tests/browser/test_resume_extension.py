@@ -15,16 +15,20 @@ import os
 import signal
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import pytest
 
+from resumable_magic import Resumable
 from resumable_magic.store.autoresume import read_grants
 from resumable_magic.store.catalog import RunInfo, find_run
+from resumable_magic.store.keys import key_to_relpath
 from resumable_magic.store.runstore import RunStore
 
 SETUP = "%load_ext resumable_magic\nimport os, signal, time"
@@ -213,7 +217,7 @@ def check_result(server: Any, page: Any, key: str, how: str, dead_pid: int, note
 def test_resume_notification_one_click(lab: Any, page: Any) -> None:
     notebook = lab.write_notebook("resume_click", [SETUP, OFFSET, LOOP, CHECK])
     key = run_until_checkpointed(lab, page, notebook)
-    stand_in_widget(page, checkpoints(lab), key)
+    stand_in_widget(page, checkpoints(lab) / key_to_relpath(key), key)  # the run's folder, as the view has it
     dead_pid = lab.kernel_pid(notebook)
     os.kill(dead_pid, signal.SIGKILL)
     killed_at = time.time() * 1000
@@ -296,6 +300,40 @@ def test_notebook7_resume_notification(notebook7: Any, nb7_page: Any) -> None:
     notebook7.screenshot(page, "notebook7-resume-notification")
     resume.click()
     check_result(notebook7, page, key, "clicked", dead_pid, notebook)
+
+
+def api_get(server: Any, path: str, **query: str) -> Any:
+    request = urllib.request.Request(
+        f"{server.url}{path}?{urllib.parse.urlencode(query)}",
+        headers={"Authorization": f"token {server.token}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_the_last_checkpoint_as_the_disk_has_it(lab: Any) -> None:
+    with servers_key(lab):  # a run written with the key of the server's kernels
+        state = {"total": 0}
+        with Resumable("api/run", state, dir=checkpoints(lab), every="1it") as run:
+            for i in run.iterate(range(4)):
+                state["total"] += i
+        on_disk = RunStore(checkpoints(lab), "api/run").read_latest(load_state=False).checkpoint
+    assert on_disk is not None
+    expected = {
+        "iteration": 4,
+        "position": 4,
+        "total": 4,
+        "time": datetime.fromtimestamp(on_disk.created, tz=timezone.utc).isoformat(),
+        "folder_exists": True,
+    }
+    # Named by the checkpoint folder and the key, or by the run's own folder (as the widget does).
+    assert (
+        api_get(lab, "/resumable/api/checkpoint", directory=str(checkpoints(lab)), key="api/run") == expected
+    )
+    run_folder = str(checkpoints(lab) / "api" / "run")
+    assert api_get(lab, "/resumable/api/checkpoint", directory=run_folder, key="api/run") == expected
+    none = api_get(lab, "/resumable/api/checkpoint", directory=str(checkpoints(lab)), key="api/other")
+    assert none == {"iteration": None, "position": None, "total": None, "time": None, "folder_exists": False}
 
 
 def test_api_refuses_unauthenticated_and_bad_requests(lab: Any) -> None:
