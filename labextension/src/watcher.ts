@@ -128,6 +128,10 @@ export class NotebookWatcher {
   /** Drop the dead kernel's cells and the notification about them (the offer, or "Resuming"). */
   private _forget(): void {
     this._deadRuns = [];
+    this._dismiss();
+  }
+
+  private _dismiss(): void {
     if (this._notice) {
       Notification.dismiss(this._notice);
       this._notice = null;
@@ -231,7 +235,7 @@ export class NotebookWatcher {
     if (this._resuming || !plan) {
       return;
     }
-    this._notice = null;
+    this._dismiss();
     if (!anyway && (plan.edited.length || plan.missing.length)) {
       this._ask(plan); // edited while the offer was shown
       return;
