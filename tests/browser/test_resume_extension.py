@@ -423,3 +423,57 @@ def test_resumable_runs_opens_the_board_in_a_new_tab(lab: Any, page: Any) -> Non
         page.keyboard.press("Enter")
     again.value.wait_for_load_state()
     assert again.value.url == f"{lab.url}/resumable/"
+
+
+# Every WebSocket the page opens, kept where the test can close it (a lost connection, as when a
+# laptop sleeps or a proxy drops it: the kernel itself goes on).
+KEEP_SOCKETS = """
+    const Native = window.WebSocket;
+    window.__sockets = [];
+    window.WebSocket = class extends Native {
+        constructor(...args) { super(...args); window.__sockets.push(this); }
+    };
+"""
+
+
+def no_resume_offered(lab: Any, page: Any, notebook: str, key: str) -> None:
+    """Nothing said about a crash: no notification, no event to the widget; the loop goes on."""
+    wait_for(f"{key} to finish by itself", lambda: finished(lab, key), timeout=90)
+    lab.wait_kernel_ready(page)
+    lab.run_cell(page, 3)  # any notification of a crash would have come before this cell ran
+    assert page.locator(".Toastify__toast", has_text="The kernel died").count() == 0
+    assert page.evaluate("window.__rmEvents") == []
+
+
+def test_a_lost_connection_is_not_a_crash(lab: Any, page: Any) -> None:
+    page.add_init_script(KEEP_SOCKETS)
+    notebook = lab.write_notebook("resume_offline", [SETUP, OFFSET, LOOP, CHECK])
+    key = run_until_checkpointed(lab, page, notebook)
+    stand_in_widget(page, checkpoints(lab) / key_to_relpath(key), key)
+    pid = lab.kernel_pid(notebook)
+    closed = page.evaluate(
+        """() => window.__sockets.filter(s => s.url.includes('/api/kernels/') && s.readyState === 1)
+                  .map(s => { s.close(); return s.url; }).length"""
+    )
+    assert closed >= 1
+    page.wait_for_function(  # Lab reconnects by itself
+        "() => window.__sockets.some(s => s.url.includes('/api/kernels/') && s.readyState === 1)"
+    )
+    no_resume_offered(lab, page, notebook, key)
+    assert lab.kernel_pid(notebook) == pid
+    assert f"RESULT {EXPECTED}" in " ".join(lab.outputs(page, 3))
+
+
+def test_a_restart_the_user_asked_for_is_not_a_crash(lab: Any, page: Any) -> None:
+    notebook = lab.write_notebook("resume_restart", [SETUP, OFFSET, LOOP, CHECK])
+    key = run_until_checkpointed(lab, page, notebook)
+    stand_in_widget(page, checkpoints(lab) / key_to_relpath(key), key)
+    pid = lab.kernel_pid(notebook)
+    page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Toolbar [data-jp-item-name='restart']").click()
+    page.locator(".jp-Dialog .jp-mod-accept").click()  # "Restart Kernel?"
+    wait_for("the new kernel", lambda: lab.kernel_pid(notebook) != pid)
+    lab.wait_kernel_ready(page)
+    lab.run_cell(page, 3)  # any notification of a crash would have come before this cell ran
+    assert page.locator(".Toastify__toast", has_text="The kernel died").count() == 0
+    assert page.evaluate("window.__rmEvents") == []
+    assert not finished(lab, key)
