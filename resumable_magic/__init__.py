@@ -100,3 +100,9 @@ def unload_ipython_extension(ipython: Any) -> None:
     from .frontends.magic import unload_ipython_extension as unload
 
     unload(ipython)
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """Where the prebuilt JupyterLab extension is, for ``jupyter labextension develop`` (a wheel
+    installs it to ``share/jupyter/labextensions`` itself)."""
+    return [{"src": "labextension", "dest": "resumable-magic"}]

@@ -29,7 +29,11 @@ def trimmed(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return events if len(events) <= HISTORY_LIMIT else events[:1] + events[-(HISTORY_LIMIT - 1) :]
 
 
-def resumed_event(checkpoint: Checkpoint, resumed: ResumeInfo, previous_end: str | None) -> dict[str, Any]:
+def resumed_event(
+    checkpoint: Checkpoint, resumed: ResumeInfo, previous_end: str | None, jupyterlab: str | None
+) -> dict[str, Any]:
+    """The event of a resumed attempt; ``jupyterlab`` says whether the JupyterLab extension resumed it
+    ("automatic" or "clicked") after a kernel crash."""
     return event(
         "resumed",
         **{"from": checkpoint.position},
@@ -37,6 +41,7 @@ def resumed_event(checkpoint: Checkpoint, resumed: ResumeInfo, previous_end: str
         redone_seconds=resumed.redone_seconds,
         after=previous_end or "crashed",
         cause=restart_cause(),  # set when `resumable run` restarted a dead kernel or script
+        jupyterlab=jupyterlab,
     )
 
 

@@ -50,6 +50,7 @@ from resumable_magic.progress.snapshots import ResumeInfo, StartInfo
 from resumable_magic.progress.textview import TextProgress
 from resumable_magic.state.fingerprint import fingerprint_inputs
 from resumable_magic.state.serialize import check_state
+from resumable_magic.store.autoresume import jupyterlab_resume
 from resumable_magic.store.runstore import RunStore
 
 __all__ = ["Resumable"]
@@ -332,7 +333,12 @@ class Resumable:
             return
         # The lease of the attempt that ended says how far it got, and when: the work redone now.
         resumed = resume_info(checkpoint, self.lease.previous)
-        self.history.append(history.resumed_event(checkpoint, resumed, self._start.previous_end))
+        self.history.append(history.resumed_event(
+                checkpoint,
+                resumed,
+                self._start.previous_end,
+                jupyterlab=jupyterlab_resume(self.store, self.history, checkpoint.created),
+            ))
         self.next_at = self.policy.next_due_at(self._count()[1])
         self._start_threads()
         self.checkpoints.last_time = time.monotonic()  # a time policy counts from the resume

@@ -11,7 +11,7 @@ import time
 from resumable_magic.lease.lease import LEASE_FILE, LOCK_FILE
 from resumable_magic.storage.base import open_backend
 from resumable_magic.storage.paths import TMP_PREFIX, folders_down
-from resumable_magic.store.layout import MANIFEST_RE, OUTCOME_FILE
+from resumable_magic.store.layout import AUTORESUME_FILE, MANIFEST_RE, OUTCOME_FILE
 from resumable_magic.store.records import FORMAT_VERSION, manifest_blobs, seal
 from resumable_magic.store.runstore import RunStore
 
@@ -59,7 +59,7 @@ def drop_values(store: RunStore, dry_run: bool = False) -> int:
 def remove(store: RunStore) -> None:
     """Delete this run's own files (nested runs below it stay), then its folder and the empty
     folders of a nested key up to the checkpoint folder. For a run nobody executes."""
-    own = ("DONE", OUTCOME_FILE, LEASE_FILE, LOCK_FILE)
+    own = ("DONE", OUTCOME_FILE, AUTORESUME_FILE, LEASE_FILE, LOCK_FILE)
     for name in store.files():
         if name.startswith(("objects/", TMP_PREFIX)) or MANIFEST_RE.match(name) or name in own:
             store.backend.delete(name)

@@ -38,7 +38,7 @@ from pathlib import Path
 from resumable_magic.errors import OptionError
 from resumable_magic.lease.lease import LEASE_FILE, LOCK_FILE
 from resumable_magic.storage.paths import TMP_PREFIX
-from resumable_magic.store.layout import MANIFEST_RE, OUTCOME_FILE
+from resumable_magic.store.layout import AUTORESUME_FILE, MANIFEST_RE, OUTCOME_FILE
 
 __all__ = [
     "DIGEST_DIGITS",
@@ -59,7 +59,7 @@ _UNSAFE_RUN_RE = re.compile(r"[^A-Za-z0-9._=,+@-]+")
 _LEGACY_UNSAFE_RE = re.compile(r"[^A-Za-z0-9._=,+@-]")
 # The names of a run folder's own files: a nested key's folder must not be one of them (a run 'a/objects'
 # would live in run 'a''s blob folder, whose collection deletes what it does not know).
-_RUN_FILES = frozenset({"objects", "DONE", OUTCOME_FILE, LEASE_FILE, LOCK_FILE})
+_RUN_FILES = frozenset({"objects", "DONE", OUTCOME_FILE, AUTORESUME_FILE, LEASE_FILE, LOCK_FILE})
 _WHAT_A_KEY_IS = "a key is one or more '/'-separated names, none of them '.' or '..'"
 
 

@@ -8,6 +8,7 @@
       DONE                      completion record: names the final generation; self-checksummed
       owner.json, owner.lock    the lease of the process executing the run (see lease/lease.py)
       outcome.json              how the last run ended when it did not finish (interrupted, failed)
+      autoresume.json           resumes after a kernel crash granted to JupyterLab (store/autoresume.py)
 
 How the files are written and read is :mod:`resumable_magic.store.runstore`'s job.
 """
@@ -21,6 +22,7 @@ from typing import Any
 from resumable_magic.errors import CheckpointCorruptError
 
 __all__ = [
+    "AUTORESUME_FILE",
     "MANIFEST_RE",
     "OUTCOME_FILE",
     "Checkpoint",
@@ -32,6 +34,7 @@ __all__ = [
 
 MANIFEST_RE = re.compile(r"^manifest\.(\d+)\.json$")
 OUTCOME_FILE = "outcome.json"
+AUTORESUME_FILE = "autoresume.json"
 
 
 def manifest_name(generation: int) -> str:

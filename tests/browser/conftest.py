@@ -157,6 +157,7 @@ class Lab:
     def __init__(self, root: Path, port: int, token: str, proc: subprocess.Popen, log: Path) -> None:
         self.root, self.port, self.token, self.proc, self.log = root, port, token, proc, log
         self.url = f"http://127.0.0.1:{port}"
+        self.tree = "/lab/tree/"  # where a notebook opens
 
     # server side
     def api(self, path: str, method: str = "GET") -> Any:
@@ -210,8 +211,8 @@ class Lab:
         return name
 
     def open(self, page: Any, name: str) -> None:
-        """Open a notebook in Lab (``?reset``: no restored tabs) and wait for a ready kernel."""
-        page.goto(f"{self.url}/lab/tree/{name}?reset&token={self.token}")
+        """Open a notebook (in Lab, ``?reset``: no restored tabs) and wait for a ready kernel."""
+        page.goto(f"{self.url}{self.tree}{name}?reset&token={self.token}")
         page.locator(".jp-Cell:visible").first.wait_for(state="visible", timeout=KERNEL_READY_TIMEOUT)
         self.wait_kernel_ready(page)
 
@@ -320,7 +321,21 @@ def chromium() -> str:
 
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    base = tmp_path_factory.mktemp("lab")
+    with _jupyter_server(tmp_path_factory, "jupyterlab") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def notebook7(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """Notebook 7 (``jupyter notebook``), set up as ``lab``; notebooks open at ``/notebooks/NAME``."""
+    with _jupyter_server(tmp_path_factory, "notebook") as server:
+        server.tree = "/notebooks/"
+        yield server
+
+
+@contextlib.contextmanager
+def _jupyter_server(tmp_path_factory: pytest.TempPathFactory, app: str) -> Iterator[Lab]:
+    base = tmp_path_factory.mktemp(app)
     root = base / "root"
     dirs = {
         "JUPYTER_CONFIG_DIR": base / "config",
@@ -343,13 +358,14 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     env["RESUMABLE_DIR"] = str(base / "checkpoints")
     env["JUPYTER_PLATFORM_DIRS"] = "1"
+    use_this_checkouts_extensions(base, env)
 
     port, token = _free_port(), secrets.token_hex(16)
     log = base / "jupyterlab.log"
     with open(log, "wb") as log_file:
         proc = subprocess.Popen(
             [
-                sys.executable, "-m", "jupyterlab", "--allow-root", "--no-browser",
+                sys.executable, "-m", app, "--allow-root", "--no-browser",
                 "--ip=127.0.0.1", f"--port={port}", "--ServerApp.port_retries=0",
                 f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
                 "--LanguageServerManager.autodetect=False",
@@ -373,6 +389,25 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         yield server
     finally:
         _stop_server(server)
+
+
+def use_this_checkouts_extensions(base: Path, env: dict[str, str]) -> None:
+    """The server extension and the built JupyterLab extension of this checkout, whatever the venv
+    has installed (as the kernels import this checkout's package): the server extension enabled in
+    the temp config dir, the JupyterLab extension's build linked first on ``JUPYTER_PATH``."""
+    built = REPO / "resumable_magic" / "labextension"
+    if not (built / "package.json").exists():
+        pytest.fail(
+            f"The JupyterLab extension is not built ({built} is missing): run "
+            "`npm ci && npm run build` in labextension/ (bash .ci/run does).",
+            pytrace=False,
+        )
+    config = {"ServerApp": {"jpserver_extensions": {"resumable_magic.server": True}}}
+    (Path(env["JUPYTER_CONFIG_DIR"]) / "jupyter_server_config.json").write_text(json.dumps(config))
+    labextensions = base / "jupyter-path" / "labextensions"
+    labextensions.mkdir(parents=True)
+    (labextensions / "resumable-magic").symlink_to(built, target_is_directory=True)
+    env["JUPYTER_PATH"] = str(base / "jupyter-path")
 
 
 def _stop_server(server: Lab) -> None:
