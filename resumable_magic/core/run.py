@@ -333,12 +333,14 @@ class Resumable:
             return
         # The lease of the attempt that ended says how far it got, and when: the work redone now.
         resumed = resume_info(checkpoint, self.lease.previous)
-        self.history.append(history.resumed_event(
+        self.history.append(
+            history.resumed_event(
                 checkpoint,
                 resumed,
                 self._start.previous_end,
                 jupyterlab=jupyterlab_resume(self.store, self.history, checkpoint.created),
-            ))
+            )
+        )
         self.next_at = self.policy.next_due_at(self._count()[1])
         self._start_threads()
         self.checkpoints.last_time = time.monotonic()  # a time policy counts from the resume
