@@ -46,10 +46,15 @@ def resumed_event(
 
 
 def resumed_text(
-    names: tuple[str, ...], checkpoint: Checkpoint, total: int | None, resumed: ResumeInfo
+    names: tuple[str, ...],
+    checkpoint: Checkpoint,
+    total: int | None,
+    resumed: ResumeInfo,
+    by_jupyterlab: str | None = None,
 ) -> str:
     """The banner of a resumed attempt; the plain API learns the total only when its loop starts, so
-    the checkpoint's is used until then."""
+    the checkpoint's is used until then. ``by_jupyterlab``: how the JupyterLab extension resumed it
+    after a kernel crash ("automatic" or "clicked"), or None."""
     recorded = checkpoint.manifest.get("total")
     if total is None and isinstance(recorded, int) and not isinstance(recorded, bool):
         total = recorded
@@ -63,4 +68,5 @@ def resumed_text(
         (checkpoint.manifest.get("inner") or {"position": 0})["position"]
         if "steps" in checkpoint.manifest
         else None,
+        by_jupyterlab,
     )

@@ -133,16 +133,23 @@ def resume_text(
     redone: int | None,
     redone_seconds: float | None,
     inner: int | None = None,
+    by_jupyterlab: str | None = None,
 ) -> str:
     """``inner``: a nested loop's checkpoint, taken after that many inner iterations of the outer
-    iteration ``position`` (``redone`` then counts inner iterations)."""
+    iteration ``position`` (``redone`` then counts inner iterations). ``by_jupyterlab``: the
+    JupyterLab extension ran the cells again after a kernel crash, by itself ("automatic") or on a
+    click of Resume ("clicked")."""
     of = f" of {total:,}" if total is not None else ""
     at = (
         f"iteration {position:,}{of}"
         if inner is None
         else f"position ({position:,}, {inner:,}) (outer{of}, inner)"
     )
-    text = f"Resumed {', '.join(names)} from the checkpoint at {at} (written {when(created)})."
+    how = {"automatic": " automatically after a kernel crash:", "clicked": " after a kernel crash:"}
+    text = (
+        f"Resumed{how.get(by_jupyterlab or '', '')} {', '.join(names)} from the checkpoint at {at} "
+        f"(written {when(created)})."
+    )
     if redone and inner is not None:
         return text + (
             f" Redoing the work after it: {redone:,} inner iteration{'' if redone == 1 else 's'}, about "
