@@ -67,3 +67,13 @@ def test_no_checkpoint_means_starting_over():
     assert death_text({"position": 3, "total": None, "last_checkpoint": None}, None) == (
         "Kernel died at about iteration 3. No checkpoint was written: running the cell again starts over."
     )
+
+
+def test_the_servers_iso_time_reads_as_the_same_clock():
+    """The extension's endpoint sends the checkpoint's time as ISO 8601; the kernel sends seconds."""
+    from datetime import datetime, timezone
+
+    wall = time.time() - 7
+    iso = datetime.fromtimestamp(wall, timezone.utc).isoformat()
+    disk = {"iteration": 146, "total": 400, "time": iso, "folder_exists": True}
+    assert f"Last checkpoint: iteration 146 ({clock(wall)})." in death_text(VIEW, disk)

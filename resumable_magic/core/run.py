@@ -20,6 +20,7 @@ checkpoint is due (:meth:`Resumable.boundary`); its :class:`~.checkpoint.Checkpo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import time
@@ -334,6 +335,7 @@ class Resumable:
         # The lease of the attempt that ended says how far it got, and when: the work redone now.
         resumed = resume_info(checkpoint, self.lease.previous)
         by_jupyterlab = jupyterlab_resume(self.store, self.history, checkpoint.created)
+        resumed = dataclasses.replace(resumed, by_jupyterlab=by_jupyterlab)
         self.history.append(
             history.resumed_event(checkpoint, resumed, self._start.previous_end, jupyterlab=by_jupyterlab)
         )

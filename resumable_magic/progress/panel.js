@@ -39,7 +39,9 @@ export function deathText(view, checkpoint) {
   const reached = Math.max(view.position, last?.iteration ?? 0);
   let text = `Kernel died at about iteration ${count(reached)}${of}.`;
   if (!last) return `${text} No checkpoint was written: running the cell again starts over.`;
-  const when = typeof last.time === "number" ? clock(last.time) : String(last.time ?? "");
+  // Seconds since the epoch (the kernel's figure) or an ISO 8601 string (the server's reading of the disk).
+  const seconds = typeof last.time === "string" ? Date.parse(last.time) / 1000 : last.time;
+  const when = Number.isFinite(seconds) ? clock(seconds) : "";
   text += ` Last checkpoint: iteration ${count(last.iteration)}${when ? ` (${when})` : ""}.`;
   const redone = Math.max(reached - last.iteration, 0);
   const cost = redone ? `${plural(redone, "iteration")} will be redone` : "nothing will be redone";

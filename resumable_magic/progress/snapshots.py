@@ -35,6 +35,7 @@ class ResumeInfo:
     generation: int
     redone_iterations: int | None = None  # iterations the crashed run had done past the checkpoint, if known
     redone_seconds: float | None = None  # wall time of that lost work, if known
+    by_jupyterlab: str | None = None  # "automatic" or "clicked": the JupyterLab extension resumed it
 
 
 @dataclass(frozen=True)

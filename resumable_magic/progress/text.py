@@ -136,8 +136,9 @@ def resume_text(snap: RunSnapshot) -> str:
     resumed = info.resumed
     if resumed is None:
         return ""
+    how = {"automatic": " automatically after a kernel crash,", "clicked": " after a kernel crash,"}
     text = (
-        f"resumed from iteration {format_count(resumed.from_position)} "
+        f"resumed{how.get(resumed.by_jupyterlab or '', '')} from iteration {format_count(resumed.from_position)} "
         f"(checkpoint of {format_clock(resumed.checkpoint_wall_time, snap.now_wall)})"
     )
     lost = []

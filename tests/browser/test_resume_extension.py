@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import time
 import urllib.error
@@ -212,6 +213,24 @@ def check_result(server: Any, page: Any, key: str, how: str, dead_pid: int, note
     events = resumed_events(server, key)
     assert len(events) == 1, events
     assert events[0]["from"] >= 10 and events[0].get("jupyterlab") == how, events
+    # Said once in stdout (the banner) and once in the cell's widget (its resume row).
+    cell = server.cell(page, 2)
+    stdout = "\n".join(
+        cell.locator(
+            ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stdout']"
+        ).all_inner_texts()
+    )
+    banner = {
+        "automatic": "Resumed automatically after a kernel crash:",
+        "clicked": "Resumed after a kernel crash:",
+    }
+    assert stdout.count(banner[how]) == 1 and stdout.count("Resumed") == 1, stdout
+    panel = cell.locator(".resumable-widget").inner_text()
+    row = {
+        "automatic": "resumed automatically after a kernel crash,",
+        "clicked": "resumed after a kernel crash,",
+    }
+    assert panel.count(row[how]) == 1 and panel.count("resumed") == 1, panel
 
 
 def test_resume_notification_one_click(lab: Any, page: Any) -> None:
@@ -246,6 +265,32 @@ def test_resume_notification_one_click(lab: Any, page: Any) -> None:
     resume.click()
     check_result(lab, page, key, "clicked", dead_pid, notebook)
     lab.screenshot(page, "resumed-after-click")
+
+
+def test_the_widget_turns_red_by_itself_with_the_checkpoint_on_disk(lab: Any, page: Any) -> None:
+    """No stand-in: the run's own widget, told by the extension, within 5 s of a SIGKILL."""
+    notebook = lab.write_notebook("widget_death", [SETUP, OFFSET, LOOP, CHECK])
+    key = run_until_checkpointed(lab, page, notebook)
+    widget = lab.cell(page, 2).locator(".resumable-widget")
+    assert widget.get_attribute("data-status") == "running"
+    os.kill(lab.kernel_pid(notebook), signal.SIGKILL)
+    page.wait_for_function(
+        "el => el.dataset.status === 'dead'", arg=widget.element_handle(), timeout=5000, polling=100
+    )
+    with servers_key(lab):
+        on_disk = RunStore(checkpoints(lab), key).read_latest(load_state=False).checkpoint
+    assert on_disk is not None
+    said = widget.locator(".rm-alert").inner_text().strip()
+    found = re.fullmatch(
+        rf"Kernel died at about iteration (\d+) of {STEPS}\. Last checkpoint: iteration (\d+) \(\d\d:\d\d:\d\d\)\. "
+        r"Run the cell again to resume \((?:(\d+) iterations? will be redone|nothing will be redone)\)\.",
+        said,
+    )
+    assert found, said
+    reached, saved, redone = int(found[1]), int(found[2]), int(found[3] or 0)
+    assert saved == on_disk.position and reached >= saved and redone == reached - saved, said
+    lab.screenshot(page, "widget-died-by-itself", widget)
+    close_restart_dialogs(page)
 
 
 def test_auto_resume_no_click(lab: Any, auto_resume: None, page: Any) -> None:
