@@ -144,6 +144,9 @@ def test_dead_kernel_turns_the_widget_red_with_the_checkpoint_on_disk_then_resum
 
 
 def test_without_the_extension_a_silent_kernel_turns_the_widget_amber_not_red(lab, page):
+    # JupyterLab without our extension (as VS Code or Colab show the widget): its bundle is not served
+    # to this page, so nothing tells the widget that the kernel died.
+    page.route("**/extensions/resumable-magic/**", lambda route: route.abort())
     name = lab.write_notebook("truth_silent", [LOAD, LOOP])
     element = started_loop(lab, page, name)
     assert element.get_attribute("data-silent") == "false"
@@ -153,7 +156,9 @@ def test_without_the_extension_a_silent_kernel_turns_the_widget_amber_not_red(la
         "el => el.dataset.silent === 'true'", arg=element.element_handle(), timeout=15_000, polling=100
     )
     silent_after = time.monotonic() - killed
-    assert 4 <= silent_after <= 9, silent_after  # the last heartbeat was at most ~1 s before the kill
+    assert silent_after >= 4, (
+        silent_after
+    )  # not before 5 s of silence (the last beat <= ~1 s before the kill)
     said = element.locator(".rm-alert").inner_text().strip()
     assert re.fullmatch(r"No word from the kernel for \d+ s \(busy in one long call, or gone\)\.", said), said
     assert element.get_attribute("data-status") == "running", "never red without evidence"
