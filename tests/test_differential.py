@@ -13,9 +13,9 @@ and ``numpy.random``, ``for`` over a range or over a named list the body extends
   delay within the uninterrupted run's duration), restarted in a fresh process after each kill until a
   launch completes; then once more (a finished run replays).
 
-The processes are real IPython shells (``diff_worker.py``: ``InteractiveShell`` running the cell through
-``%load_ext resumable_magic``), many programs per process, not Jupyter kernels: a kernel per launch is
-too slow for hundreds of programs. ``test_kernel_crash.py`` covers real kernels.
+The processes are real ipykernel kernels driven through jupyter_client (``diffrun.py``; the extension
+loaded with ``%load_ext resumable_magic``), each running many programs one after another
+(``%reset -f`` and a fresh run folder between them) until a SIGKILL ends it.
 
 What passes: the completed launch's result (the error it raised, by type and message, each variable's
 value and both global RNG states) equals the uninterrupted run's, and so does the replay; or the first
@@ -83,9 +83,11 @@ time_kills = st.lists(st.floats(0.0, 1.0), min_size=1, max_size=2)
 
 
 @pytest.fixture(scope="module")
-def lanes():
+def lanes(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("kernels")
     made = {
-        name: Lane(seed) for name, seed in [("ref1", 1), ("ref2", 2), ("calm", 3), ("hook", 4), ("time", 5)]
+        name: Lane(seed, cwd)
+        for name, seed in [("ref1", 1), ("ref2", 2), ("calm", 3), ("hook", 4), ("time", 5)]
     }
     yield made
     for lane in made.values():
@@ -103,7 +105,7 @@ def test_differential(tmp_path_factory, lanes):
         Path(tempfile.mkdtemp(prefix="diff-", dir=shm)) if shm.is_dir() else tmp_path_factory.mktemp("diff")
     )
     started = time.monotonic()
-    pool = ThreadPoolExecutor(max_workers=2)
+    pool = ThreadPoolExecutor(max_workers=4)
 
     @seed(SEED)
     @settings(
@@ -116,25 +118,34 @@ def test_differential(tmp_path_factory, lanes):
     @given(program=programs(), hooks=hook_kills, fractions=time_kills)
     def check(program: Program, hooks: list[tuple[str, str]], fractions: list[float]) -> None:
         add("examples")
+        where = base / f"p{FIGURES['examples']}"
         plain = {"cell": program.plain(), "names": list(program.names)}
-        ref1, ref2 = pool.map(lambda lane: lanes[lane].get().run(plain), ["ref1", "ref2"])
+
+        def job(lane: str) -> dict[str, Any]:
+            return {"cell": program.cell(lane, str(where)), "names": list(program.names)}
+
+        def calm_then_timed() -> tuple[Outcome, Outcome]:
+            calm = drive(lanes["calm"], job("calm"), [])
+            assert calm.final is not None
+            # random kill times within the time the uninterrupted cell took under the magic
+            delays = [("time", f * calm.final["seconds"] * 1.2) for f in fractions]
+            return calm, drive(lanes["time"], job("time"), delays)
+
+        # Every lane at once but the time lane, which needs the calm lane's duration.
+        ref1, ref2, (calm, timed), hook = pool.map(
+            lambda run: run(),
+            [
+                lambda: lanes["ref1"].get().run(plain),
+                lambda: lanes["ref2"].get().run(plain),
+                calm_then_timed,
+                lambda: drive(lanes["hook"], job("hook"), hooks),
+            ],
+        )
         if not same(ref1, ref2):
             add("generated_away_hash_dependent")
             reject()
         assert ref1 is not None
         add("programs")
-        where = base / f"p{FIGURES['examples']}"
-
-        def job(lane: str) -> dict[str, Any]:
-            return {"cell": program.cell(lane, str(where)), "names": list(program.names)}
-
-        t0 = time.monotonic()
-        calm = drive(lanes["calm"], job("calm"), [])
-        duration = (time.monotonic() - t0) / 2  # the run and its replay
-        delays = [("time", f * duration * 1.2) for f in fractions]
-        hook, timed = pool.map(
-            lambda args: drive(lanes[args[0]], job(args[0]), args[1]), [("hook", hooks), ("time", delays)]
-        )
         lanes_out = (("calm", calm), ("hook", hook), ("time", timed))
         problems = [verdict(program, ref1, name, o, where) for name, o in lanes_out]
         add("kills_hook", hook.kills)
