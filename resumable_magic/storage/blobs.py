@@ -63,21 +63,26 @@ os.register_at_fork(after_in_child=_in_forked_child)
 
 
 class Alongside:
-    """``strong_hash(data)`` in a thread, while the caller does something else with ``data``."""
+    """Both hashes of ``data`` (its name, its BLAKE3) in a thread, while the caller writes ``data``.
+
+    BLAKE3 runs on every core but one: the write copies the data into the page cache on that one,
+    and a hash that took it would slow the write it is meant to hide behind."""
 
     def __init__(self, data: Any) -> None:
-        self.result: str | None = None
+        self.result: tuple[str, str] | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, args=(data,), name="resumable-hash", daemon=True)
         self._thread.start()
 
     def _run(self, data: Any) -> None:
         try:
-            self.result = strong_hash(data)
+            threads = 1 if _threads == 1 else max(1, (os.cpu_count() or 1) - 1)
+            self.result = digest(data), blake3(data, max_threads=threads).hexdigest()
         except BaseException as exc:  # re-raised in the caller's thread by join()
             self._error = exc
 
-    def join(self) -> str:
+    def join(self) -> tuple[str, str]:
+        """(name, BLAKE3), once both are computed."""
         self._thread.join()
         if self._error is not None:
             raise self._error
