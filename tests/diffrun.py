@@ -82,10 +82,6 @@ class Worker:
         self.submit(job)
         return self.result()
 
-    def kill(self) -> None:
-        """SIGKILL the kernel from outside, and wait until its process is gone."""
-        self.kernel.kill()
-
     @property
     def alive(self) -> bool:
         return self.kernel.alive
@@ -152,7 +148,7 @@ def drive(lane: Lane, job: dict[str, Any], kills: list[tuple[str, Any]]) -> Outc
             try:
                 worker.kernel.wait_for(worker.finished, timeout=what)
             except TimeoutError:
-                worker.kill()
+                worker.kernel.kill()  # SIGKILL to its pid; returns once the process is gone
             result = worker.result()
             label = f"SIGKILL {what * 1000:.0f} ms after the cell started"
         if result is None:

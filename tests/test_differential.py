@@ -5,17 +5,20 @@ popped, dicts and sets of strings, nested containers, an object holding a set, d
 and ``numpy.random``, ``for`` over a range or over a named list the body extends, ``while`` drains,
 ``continue``, ``break``, a deliberate exception). Each program runs
 
-- uninterrupted, without the magic, in two processes with different ``PYTHONHASHSEED`` (1 and 2): if
+- uninterrupted, without the magic, in two kernels with different ``PYTHONHASHSEED`` (1 and 2): if
   they differ the program depends on hash order (it iterates over a set) and is generated away;
 - under the magic, uninterrupted (a third hash seed): the same result is required;
-- under the magic with SIGKILLs in a "hook" lane (the test-only crash hook kills the process at an exact
-  commit step, the n-th time it gets there) and in a "time" lane (this process kills it after a random
-  delay within the uninterrupted run's duration), restarted in a fresh process after each kill until a
-  launch completes; then once more (a finished run replays).
+- under the magic with SIGKILLs in a "hook" lane (the test-only crash hook kills the kernel at an exact
+  commit step, the n-th time it gets there) and in a "time" lane (this process sends SIGKILL to the
+  kernel's pid after a random delay within the time the uninterrupted cell took under the magic),
+  run again in a new kernel after each kill until a launch completes; then once more (a finished run
+  replays).
 
-The processes are real ipykernel kernels driven through jupyter_client (``diffrun.py``; the extension
-loaded with ``%load_ext resumable_magic``), each running many programs one after another
-(``%reset -f`` and a fresh run folder between them) until a SIGKILL ends it.
+The kernels are real ipykernel kernels driven through jupyter_client (``diffrun.py``; the extension
+loaded with ``%load_ext resumable_magic``), each running one program after another (``%reset -f``
+and a run folder of the program's own between them) until a SIGKILL ends it; a spare kernel, started
+in the background, takes a killed one's place. All lanes of a program run at once but the time lane,
+which waits for the uninterrupted run's duration.
 
 What passes: the completed launch's result (the error it raised, by type and message, each variable's
 value and both global RNG states) equals the uninterrupted run's, and so does the replay; or the first
@@ -23,7 +26,7 @@ launch was refused with a :class:`ResumableError` before any checkpoint was writ
 A program that raises is expected to raise the same error with the same state. A program that leaves
 a changed variable out of the names on purpose may end differently only if a warning named it.
 
-``RESUMABLE_DIFF_PROGRAMS`` (default 110) sets the number of valid programs, ``RESUMABLE_DIFF_SEED``
+``RESUMABLE_DIFF_PROGRAMS`` (default 100) sets the number of valid programs, ``RESUMABLE_DIFF_SEED``
 the hypothesis seed (default fixed). The figures are printed and written to
 ``ci-artifacts/differential.json``.
 """
@@ -47,7 +50,9 @@ from hypothesis import strategies as st
 
 from resumable_magic.store.runstore import CRASH_STEPS, RunStore
 
-PROGRAMS = int(os.environ.get("RESUMABLE_DIFF_PROGRAMS", "110"))
+pytestmark = pytest.mark.kernel
+
+PROGRAMS = int(os.environ.get("RESUMABLE_DIFF_PROGRAMS", "100"))
 SEED = int(os.environ.get("RESUMABLE_DIFF_SEED", "20261214"))
 ARTIFACT = Path(__file__).resolve().parent.parent / "ci-artifacts" / "differential.json"
 
@@ -94,8 +99,8 @@ def lanes(tmp_path_factory):
         lane.close()
 
 
-# ~2.1 s a program on 2 cores; the project's default 300 s timeout would cut a soak run short
-@pytest.mark.timeout(max(600, PROGRAMS * 10))
+# ~2-3 s a program on 2 cores; the project's default 300 s timeout would cut a soak run short
+@pytest.mark.timeout(max(900, PROGRAMS * 10))
 def test_differential(tmp_path_factory, lanes):
     """Every valid program ends as its uninterrupted run does, however it is killed."""
     # Checkpoints on tmpfs when there is one: a SIGKILL does not care whether fsync reached a disk

@@ -63,10 +63,7 @@ os.register_at_fork(after_in_child=_in_forked_child)
 
 
 class Alongside:
-    """Both hashes of ``data`` (its name, its BLAKE3) in a thread, while the caller writes ``data``.
-
-    BLAKE3 runs on every core but one: the write copies the data into the page cache on that one,
-    and a hash that took it would slow the write it is meant to hide behind."""
+    """Both hashes of ``data`` (its name, its BLAKE3) in a thread, while the caller writes ``data``."""
 
     def __init__(self, data: Any) -> None:
         self.result: tuple[str, str] | None = None
@@ -76,8 +73,7 @@ class Alongside:
 
     def _run(self, data: Any) -> None:
         try:
-            threads = 1 if _threads == 1 else max(1, (os.cpu_count() or 1) - 1)
-            self.result = digest(data), blake3(data, max_threads=threads).hexdigest()
+            self.result = digest(data), strong_hash(data)
         except BaseException as exc:  # re-raised in the caller's thread by join()
             self._error = exc
 
