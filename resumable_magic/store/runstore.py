@@ -230,7 +230,7 @@ class RunStore:
         if known is None and size < MMAP_MIN:
             known = strong_hash(data)  # small: faster than starting a thread
         if known is None:
-            alongside = Alongside(data)
+            alongside = Alongside(data, name)
             self.backend.put_blob(name, data, alongside)
             known = alongside.join()[1]
         else:
