@@ -82,6 +82,12 @@ class Worker:
         self.submit(job)
         return self.result()
 
+    def kill(self) -> None:
+        """SIGKILL the kernel from outside and wait until its process is gone. Its job has no result,
+        even if the cell's reply came just before the kill: its state can no longer be read."""
+        self.kernel.kill()
+        self.running = None
+
     @property
     def alive(self) -> bool:
         return self.kernel.alive
@@ -148,8 +154,10 @@ def drive(lane: Lane, job: dict[str, Any], kills: list[tuple[str, Any]]) -> Outc
             try:
                 worker.kernel.wait_for(worker.finished, timeout=what)
             except TimeoutError:
-                worker.kernel.kill()  # SIGKILL to its pid; returns once the process is gone
-            result = worker.result()
+                worker.kill()
+                result = None
+            else:
+                result = worker.result()
             label = f"SIGKILL {what * 1000:.0f} ms after the cell started"
         if result is None:
             outcome.kills += 1
