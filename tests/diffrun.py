@@ -108,18 +108,18 @@ class Lane:
     starts: int = 0
 
     def get(self) -> Worker:
-        if self.worker is None or not self.worker.alive:
-            if self.worker is not None:
-                self.worker.close()
-                # a lane whose kernels are killed will need another
-                self.spare = self.spare or _STARTER.submit(Worker, self.hash_seed, self.cwd)
-            if self.spare is not None:
-                self.worker = self.spare.result()
-                self.spare = _STARTER.submit(Worker, self.hash_seed, self.cwd)
-            else:
-                self.worker = Worker(self.hash_seed, self.cwd)
+        if self.worker is None:
+            self.worker = Worker(self.hash_seed, self.cwd)
+            self.starts += 1
+        elif not self.worker.alive:  # killed
+            self.worker.close()
+            self.worker = (self.spare or self._start_spare()).result()
+            self.spare = self._start_spare()  # a lane whose kernels are killed will need another
             self.starts += 1
         return self.worker
+
+    def _start_spare(self) -> Future[Worker]:
+        return _STARTER.submit(Worker, self.hash_seed, self.cwd)
 
     def close(self) -> None:
         for worker in (self.worker, self.spare.result() if self.spare is not None else None):
