@@ -4,10 +4,10 @@ Two states of the same size (``--size-mb``, default 1024): a ``bytearray`` and a
 each with a small counter beside it, checkpointed through the plain API with synchronous writes
 (``RESUMABLE_BACKGROUND=0``) to new folders on the disk of ``--dir``. Every figure is a ratio:
 
-  checkpoint time   the first checkpoint of a fresh run (serialise, blobs with BLAKE3 alongside, the
+  checkpoint time   the first checkpoint of a fresh run (serialise, blobs hashed while written, the
                     manifest, every fsync, the lease) vs. ``raw write``: the same bytes written from
                     memory to a new file, fsynced, renamed, the folder fsynced; rounds interleaved,
-                    each write after an ``os.sync()``.
+                    each write after an ``os.sync()``, each of the two first every other round.
                                                                                    target <= 1.3
   checkpoint peak   the process's resident high-water mark (``VmHWM``, reset through
                     ``/proc/self/clear_refs`` once the state exists) during that checkpoint, minus
@@ -174,23 +174,35 @@ def checkpoint_times(root: Path, kind: str, size: int, rounds: int) -> dict[str,
     )
     with warm:  # the first run in a process imports and starts what every later one reuses: not timed
         pass
-    times: dict[str, list[float]] = {"raw": [], "checkpoint": []}
-    for r in range(rounds):
-        raw_dir, run_dir = root / f"raw-{kind}-{r}", root / f"run-{kind}-{r}"
+    times: dict[str, list[float]] = {"raw": [], "checkpoint": [], "raw_cpu": [], "checkpoint_cpu": []}
+
+    def raw(r: int) -> None:
+        raw_dir = root / f"raw-{kind}-{r}"
         os.sync()  # each write starts with no other write's dirty pages still going to the disk
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         raw_write(raw_dir, state["data"])
         times["raw"].append(time.perf_counter() - started)
+        times["raw_cpu"].append(time.process_time() - cpu)
         shutil.rmtree(raw_dir)
+
+    def checkpoint(r: int) -> None:
+        run_dir = root / f"run-{kind}-{r}"
         os.sync()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         run = Resumable("bench", state, dir=run_dir, progress=TextProgress(quiet=True))
         run.__enter__()
         times["checkpoint"].append(time.perf_counter() - started)
+        times["checkpoint_cpu"].append(time.process_time() - cpu)
         run.__exit__(None, None, None)
         shutil.rmtree(run_dir)
+
+    for r in range(rounds):
+        # each goes first every other round: a load that grows or fades during a round favours neither
+        for write in (raw, checkpoint) if r % 2 == 0 else (checkpoint, raw):
+            write(r)
         print(
             f"  {kind} round {r + 1}: raw {times['raw'][-1]:.3f} s, checkpoint {times['checkpoint'][-1]:.3f} s"
+            f" (CPU, every thread: {times['raw_cpu'][-1]:.2f} s, {times['checkpoint_cpu'][-1]:.2f} s)"
         )
     return times
 
@@ -292,7 +304,11 @@ def main() -> None:
                 per_round,
                 baseline="raw write+fsync",
                 at_most=1.3,
-                note=f"raw {statistics.median(times['raw']):.2f} s, checkpoint {statistics.median(times['checkpoint']):.2f} s",
+                note=(
+                    f"raw {statistics.median(times['raw']):.2f} s, checkpoint "
+                    f"{statistics.median(times['checkpoint']):.2f} s; CPU of every thread "
+                    f"{statistics.median(times['raw_cpu']):.2f} s, {statistics.median(times['checkpoint_cpu']):.2f} s"
+                ),
             )
         )
         for task, what in (

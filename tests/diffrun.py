@@ -1,129 +1,130 @@
-"""The differential test's processes: long-lived IPython workers (``diff_worker.py``) and the lanes
-that kill them, restart them and drive one program to its end.
+"""The differential test's kernels: real ipykernel kernels, driven through jupyter_client, that run one
+program after another, and the lanes that kill them, replace them and drive one program to its end.
 
-A worker runs many programs, one after another; only a kill ends it, and the lane then starts a fresh
-one that runs the same cell again (so it resumes). Kills are SIGKILLs, either through the test-only
-crash hook at an exact commit step (deterministic) or from this process after a random delay.
+A kernel runs many programs (``%reset -f`` and a fresh run folder between them: starting a kernel costs
+~0.8 s, a program's cell tens of milliseconds); only a kill ends it, and the lane then starts a fresh
+kernel that runs the same cell again (so it resumes). Kills are SIGKILLs, either through the test-only
+crash hook at an exact commit step (deterministic; the kernel kills itself) or sent from this process
+to the kernel's pid after a random delay.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import queue
 import signal
-import subprocess
-import sys
-import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-WORKER = Path(__file__).with_name("diff_worker.py")
-REPO = Path(__file__).resolve().parent.parent
+from kernels import REPO_ROOT, KernelDied, KernelHandle, start_kernel
+
+TESTS = Path(__file__).resolve().parent
 TIMEOUT = 60.0  # one cell, on a busy machine
+_STARTER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spare-kernel")
 
 
 class Worker:
-    """One ``diff_worker.py`` process with a hash seed of its own."""
+    """One real kernel with a hash seed of its own and the extension loaded."""
 
-    def __init__(self, hash_seed: int) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "RESUMABLE_CRASH_AT"}
-        env["PYTHONHASHSEED"] = str(hash_seed)
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-        self.proc = subprocess.Popen(
-            [sys.executable, str(WORKER)],
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+    def __init__(self, hash_seed: int, cwd: Path) -> None:
+        # diff_kernel.py (this folder) is imported inside the kernel
+        self.kernel: KernelHandle = start_kernel(
+            cwd, {"PYTHONHASHSEED": str(hash_seed)}, pythonpath=(REPO_ROOT, TESTS)
         )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.tail: list[str] = []  # what it printed besides the protocol (a crash's traceback)
-        threading.Thread(target=self._read, daemon=True).start()
-        if self._next() != "READY":
-            raise RuntimeError(f"the worker did not start:\n{''.join(self.tail)[-3000:]}")
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)  # the process ended
-
-    def _next(self) -> str | None:
-        while True:
-            try:
-                line = self.lines.get(timeout=TIMEOUT)
-            except queue.Empty:
-                self.kill()
-                raise RuntimeError(f"a worker hung for {TIMEOUT:g} s") from None
-            if line is None or line in ("READY", "START") or line.startswith("RESULT "):
-                return line
-            self.tail.append(line + "\n")
+        self.kernel.run("%load_ext resumable_magic", store_history=False, timeout=TIMEOUT)
+        self.running: tuple[str, list[str]] | None = None  # the job cell's msg_id and its names
+        self.started = 0.0
 
     def submit(self, job: dict[str, Any]) -> None:
-        """Send one job and wait until the worker has taken it (``START``)."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(job) + "\n")
-        self.proc.stdin.flush()
-        line = self._next()
-        if line != "START":
-            raise RuntimeError(f"the worker ended before its job: {line!r}\n{''.join(self.tail)[-3000:]}")
+        """Start one job and return once the kernel is running its cell."""
+        crash_at = job.get("crash_at") or ""
+        self.kernel.run(
+            f"%reset -f\n__import__('diff_kernel').prepare({crash_at!r})",
+            store_history=False,
+            timeout=TIMEOUT,
+        )
+        msg_id = self.kernel.execute_async(job["cell"])
+        self.running = (msg_id, job["names"])
+        self.kernel.wait_for(
+            lambda: self.kernel.partial(msg_id).busy, timeout=TIMEOUT, message="the cell to start"
+        )
+        self.started = time.monotonic()
+
+    def finished(self) -> bool:
+        """Whether the running job's cell has finished."""
+        assert self.running is not None
+        return self.kernel.partial(self.running[0]).done
 
     def result(self) -> dict[str, Any] | None:
-        """The job's result, or None if the process died first (a kill)."""
-        line = self._next()
-        if line is None:
-            self.proc.wait(TIMEOUT)
-            if self.proc.returncode != -signal.SIGKILL:
-                raise RuntimeError(f"the worker exited {self.proc.returncode}:\n{''.join(self.tail)[-3000:]}")
+        """The running job's result, or None if the kernel died first (a SIGKILL)."""
+        assert self.running is not None
+        msg_id, names = self.running
+        self.running = None
+        try:
+            cell = self.kernel.result(msg_id, timeout=TIMEOUT)
+            seconds = time.monotonic() - self.started
+        except KernelDied as died:
+            if died.signal != signal.SIGKILL:
+                raise
             return None
-        assert line.startswith("RESULT ")
-        return json.loads(line[len("RESULT ") :])
+        printed = self.kernel.run(f"__import__('diff_kernel').report({names!r})", store_history=False)
+        line = next(line for line in printed.stdout.splitlines() if line.startswith("RESULT "))
+        result: dict[str, Any] = json.loads(line[len("RESULT ") :])
+        streams = cell.stdout + cell.stderr
+        result["messages"] = [line for line in streams.splitlines() if "resumable:" in line]
+        result["output"] = cell.output[-3000:] if result["error"] is not None else ""
+        result["seconds"] = seconds  # from the kernel's busy to its reply
+        return result
 
     def run(self, job: dict[str, Any]) -> dict[str, Any] | None:
         self.submit(job)
         return self.result()
 
     def kill(self) -> None:
-        """SIGKILL, and wait until the process is gone (so that no one hands it another job)."""
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(TIMEOUT)
+        """SIGKILL the kernel from outside and wait until its process is gone. Its job has no result,
+        even if the cell's reply came just before the kill: its state can no longer be read."""
+        self.kernel.kill()
+        self.running = None
 
     @property
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return self.kernel.alive
 
     def close(self) -> None:
-        if self.alive:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                self.proc.wait()
+        self.kernel.shutdown()
 
 
 @dataclass
 class Lane:
-    """A worker slot: the current process, replaced after each kill."""
+    """A kernel slot: the current kernel, replaced after each kill by a spare started in the background
+    (a kernel takes ~0.8 s to start; the lane's program goes on meanwhile)."""
 
     hash_seed: int
+    cwd: Path
     worker: Worker | None = None
+    spare: Future[Worker] | None = None
     starts: int = 0
 
     def get(self) -> Worker:
-        if self.worker is None or not self.worker.alive:
-            self.worker = Worker(self.hash_seed)
+        if self.worker is None:
+            self.worker = Worker(self.hash_seed, self.cwd)
+            self.starts += 1
+        elif not self.worker.alive:  # killed
+            self.worker.close()
+            self.worker = (self.spare or self._start_spare()).result()
+            self.spare = self._start_spare()  # a lane whose kernels are killed will need another
             self.starts += 1
         return self.worker
 
+    def _start_spare(self) -> Future[Worker]:
+        return _STARTER.submit(Worker, self.hash_seed, self.cwd)
+
     def close(self) -> None:
-        if self.worker is not None:
-            self.worker.close()
+        for worker in (self.worker, self.spare.result() if self.spare is not None else None):
+            if worker is not None:
+                worker.close()
 
 
 @dataclass
@@ -139,7 +140,7 @@ class Outcome:
 
 def drive(lane: Lane, job: dict[str, Any], kills: list[tuple[str, Any]]) -> Outcome:
     """Run ``job`` under each kill in ``kills`` in turn (("hook", "<step>:<n>") or ("time", seconds)),
-    in a fresh process after each kill, until a launch completes; then without faults if none did;
+    in a fresh kernel after each kill, until a launch completes; then without faults if none did;
     then once more (a finished run replays its final values)."""
     outcome = Outcome()
     for how, what in kills:
@@ -149,9 +150,14 @@ def drive(lane: Lane, job: dict[str, Any], kills: list[tuple[str, Any]]) -> Outc
             label = f"crash hook {what}"
         else:
             worker.submit(job)
-            time.sleep(what)  # the random moment of the kill
-            worker.kill()
-            result = worker.result()
+            # the random moment of the kill, unless the cell finishes before it
+            try:
+                worker.kernel.wait_for(worker.finished, timeout=what)
+            except TimeoutError:
+                worker.kill()
+                result = None
+            else:
+                result = worker.result()
             label = f"SIGKILL {what * 1000:.0f} ms after the cell started"
         if result is None:
             outcome.kills += 1

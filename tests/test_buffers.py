@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import xxhash
+from blake3 import blake3
 
 from resumable_magic import Resumable, load
 from resumable_magic.progress.model import ProgressModel
+from resumable_magic.store.runstore import BLOB_HASHES, NEW_BLOB_MIN
 
 
 class Recorder(ProgressModel):
@@ -193,3 +196,28 @@ def test_a_memoryview_that_cannot_be_cut_again_from_its_exporter_is_refused_not_
     encoded = encode_state({"backwards": memoryview(frozen)[::-1]})
     restored = decode_state(encoded.stream, encoded.buffers)["backwards"]
     assert restored.readonly and restored.tobytes() == frozen[::-1]
+
+
+def test_a_large_new_blob_is_named_by_the_hash_computed_while_it_is_written(tmp_path):
+    """Issue 14's time target: a large buffer of a size nothing stored has is new, so no hashing pass
+    runs before its write; its name and its signed BLAKE3 must still be those of its content."""
+    big = np.random.default_rng(2).random(NEW_BLOB_MIN // 8)
+    state = {"big": big, "n": 0}
+    progress = Recorder()
+    with Resumable("large", state, dir=tmp_path, every="1it", progress=progress) as run:
+        for i in run.iterate(range(3)):
+            state["n"] += 1
+            if i == 1:
+                big[0] = 7.0  # a changed buffer of a size already stored: the digest first, a new blob
+    written = [s.written for s in progress.stats]
+    assert written[0] >= big.nbytes and written[1] < MiB  # the new blob once, then nothing
+    assert max(written[2:]) >= big.nbytes
+    folder = tmp_path / "large"
+    manifest = json.loads(max(folder.glob("manifest.*.json")).read_bytes())
+    [entry] = manifest["buffers"]
+    blob = (folder / "objects" / entry["digest"]).read_bytes()
+    assert entry["digest"] == xxhash.xxh3_128_hexdigest(blob) == xxhash.xxh3_128_hexdigest(big)
+    assert manifest[BLOB_HASHES][entry["digest"]] == blake3(blob).hexdigest()
+    assert not list(folder.glob("objects/.tmp*"))
+    saved = load("large", dir=tmp_path)  # checks every blob against the signed BLAKE3
+    assert np.array_equal(saved["big"], big) and saved["n"] == 3

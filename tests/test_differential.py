@@ -5,17 +5,20 @@ popped, dicts and sets of strings, nested containers, an object holding a set, d
 and ``numpy.random``, ``for`` over a range or over a named list the body extends, ``while`` drains,
 ``continue``, ``break``, a deliberate exception). Each program runs
 
-- uninterrupted, without the magic, in two processes with different ``PYTHONHASHSEED`` (1 and 2): if
+- uninterrupted, without the magic, in two kernels with different ``PYTHONHASHSEED`` (1 and 2): if
   they differ the program depends on hash order (it iterates over a set) and is generated away;
 - under the magic, uninterrupted (a third hash seed): the same result is required;
-- under the magic with SIGKILLs in a "hook" lane (the test-only crash hook kills the process at an exact
-  commit step, the n-th time it gets there) and in a "time" lane (this process kills it after a random
-  delay within the uninterrupted run's duration), restarted in a fresh process after each kill until a
-  launch completes; then once more (a finished run replays).
+- under the magic with SIGKILLs in a "hook" lane (the test-only crash hook kills the kernel at an exact
+  commit step, the n-th time it gets there) and in a "time" lane (this process sends SIGKILL to the
+  kernel's pid after a random delay within the time the uninterrupted cell took under the magic),
+  run again in a new kernel after each kill until a launch completes; then once more (a finished run
+  replays).
 
-The processes are real IPython shells (``diff_worker.py``: ``InteractiveShell`` running the cell through
-``%load_ext resumable_magic``), many programs per process, not Jupyter kernels: a kernel per launch is
-too slow for hundreds of programs. ``test_kernel_crash.py`` covers real kernels.
+The kernels are real ipykernel kernels driven through jupyter_client (``diffrun.py``; the extension
+loaded with ``%load_ext resumable_magic``), each running one program after another (``%reset -f``
+and a run folder of the program's own between them) until a SIGKILL ends it; a spare kernel, started
+in the background, takes a killed one's place. All lanes of a program run at once but the time lane,
+which waits for the uninterrupted run's duration.
 
 What passes: the completed launch's result (the error it raised, by type and message, each variable's
 value and both global RNG states) equals the uninterrupted run's, and so does the replay; or the first
@@ -23,7 +26,7 @@ launch was refused with a :class:`ResumableError` before any checkpoint was writ
 A program that raises is expected to raise the same error with the same state. A program that leaves
 a changed variable out of the names on purpose may end differently only if a warning named it.
 
-``RESUMABLE_DIFF_PROGRAMS`` (default 110) sets the number of valid programs, ``RESUMABLE_DIFF_SEED``
+``RESUMABLE_DIFF_PROGRAMS`` (default 100) sets the number of valid programs, ``RESUMABLE_DIFF_SEED``
 the hypothesis seed (default fixed). The figures are printed and written to
 ``ci-artifacts/differential.json``.
 """
@@ -47,7 +50,9 @@ from hypothesis import strategies as st
 
 from resumable_magic.store.runstore import CRASH_STEPS, RunStore
 
-PROGRAMS = int(os.environ.get("RESUMABLE_DIFF_PROGRAMS", "110"))
+pytestmark = pytest.mark.kernel
+
+PROGRAMS = int(os.environ.get("RESUMABLE_DIFF_PROGRAMS", "100"))
 SEED = int(os.environ.get("RESUMABLE_DIFF_SEED", "20261214"))
 ARTIFACT = Path(__file__).resolve().parent.parent / "ci-artifacts" / "differential.json"
 
@@ -83,17 +88,19 @@ time_kills = st.lists(st.floats(0.0, 1.0), min_size=1, max_size=2)
 
 
 @pytest.fixture(scope="module")
-def lanes():
+def lanes(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("kernels")
     made = {
-        name: Lane(seed) for name, seed in [("ref1", 1), ("ref2", 2), ("calm", 3), ("hook", 4), ("time", 5)]
+        name: Lane(seed, cwd)
+        for name, seed in [("ref1", 1), ("ref2", 2), ("calm", 3), ("hook", 4), ("time", 5)]
     }
     yield made
     for lane in made.values():
         lane.close()
 
 
-# ~2.1 s a program on 2 cores; the project's default 300 s timeout would cut a soak run short
-@pytest.mark.timeout(max(600, PROGRAMS * 10))
+# ~2-3 s a program on 2 cores; the project's default 300 s timeout would cut a soak run short
+@pytest.mark.timeout(max(900, PROGRAMS * 10))
 def test_differential(tmp_path_factory, lanes):
     """Every valid program ends as its uninterrupted run does, however it is killed."""
     # Checkpoints on tmpfs when there is one: a SIGKILL does not care whether fsync reached a disk
@@ -103,7 +110,7 @@ def test_differential(tmp_path_factory, lanes):
         Path(tempfile.mkdtemp(prefix="diff-", dir=shm)) if shm.is_dir() else tmp_path_factory.mktemp("diff")
     )
     started = time.monotonic()
-    pool = ThreadPoolExecutor(max_workers=2)
+    pool = ThreadPoolExecutor(max_workers=4)
 
     @seed(SEED)
     @settings(
@@ -116,25 +123,34 @@ def test_differential(tmp_path_factory, lanes):
     @given(program=programs(), hooks=hook_kills, fractions=time_kills)
     def check(program: Program, hooks: list[tuple[str, str]], fractions: list[float]) -> None:
         add("examples")
+        where = base / f"p{FIGURES['examples']}"
         plain = {"cell": program.plain(), "names": list(program.names)}
-        ref1, ref2 = pool.map(lambda lane: lanes[lane].get().run(plain), ["ref1", "ref2"])
+
+        def job(lane: str) -> dict[str, Any]:
+            return {"cell": program.cell(lane, str(where)), "names": list(program.names)}
+
+        def calm_then_timed() -> tuple[Outcome, Outcome]:
+            calm = drive(lanes["calm"], job("calm"), [])
+            assert calm.final is not None
+            # random kill times within the time the uninterrupted cell took under the magic
+            delays = [("time", f * calm.final["seconds"] * 1.2) for f in fractions]
+            return calm, drive(lanes["time"], job("time"), delays)
+
+        # Every lane at once but the time lane, which needs the calm lane's duration.
+        ref1, ref2, (calm, timed), hook = pool.map(
+            lambda run: run(),
+            [
+                lambda: lanes["ref1"].get().run(plain),
+                lambda: lanes["ref2"].get().run(plain),
+                calm_then_timed,
+                lambda: drive(lanes["hook"], job("hook"), hooks),
+            ],
+        )
         if not same(ref1, ref2):
             add("generated_away_hash_dependent")
             reject()
         assert ref1 is not None
         add("programs")
-        where = base / f"p{FIGURES['examples']}"
-
-        def job(lane: str) -> dict[str, Any]:
-            return {"cell": program.cell(lane, str(where)), "names": list(program.names)}
-
-        t0 = time.monotonic()
-        calm = drive(lanes["calm"], job("calm"), [])
-        duration = (time.monotonic() - t0) / 2  # the run and its replay
-        delays = [("time", f * duration * 1.2) for f in fractions]
-        hook, timed = pool.map(
-            lambda args: drive(lanes[args[0]], job(args[0]), args[1]), [("hook", hooks), ("time", delays)]
-        )
         lanes_out = (("calm", calm), ("hook", hook), ("time", timed))
         problems = [verdict(program, ref1, name, o, where) for name, o in lanes_out]
         add("kills_hook", hook.kills)

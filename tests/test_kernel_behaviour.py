@@ -325,6 +325,44 @@ def test_a_file_open_for_writing_is_refused_before_the_loop_runs(kernel, tmp_pat
     assert not list((tmp_path / "ck" / "log").glob("manifest.*"))
 
 
+NAMED_LATER = """\
+%%resumable total{more} --name later --dir ck --every 1it
+import time
+total = 0{setup}
+for i in range(200):
+    total += i
+    with open("done.txt", "a") as done:
+        done.write(f"{{i}}\\n")
+    time.sleep(0.02)
+"""
+
+
+def test_a_resource_named_since_the_checkpoint_is_refused_before_the_loop_resumes(kernel, tmp_path):
+    """Issue 14, class 5, after a crash: the checkpoint does not hold a variable named since, so the
+    resume checks it as the first checkpoint would, before any iteration runs again."""
+    load_ext(kernel)
+    kernel.execute_async(NAMED_LATER.format(more="", setup=""))
+    kernel.wait_for(lambda: (newest_position(tmp_path / "ck" / "later") or 0) >= 5)
+    kernel.kill()
+    position = newest_position(tmp_path / "ck" / "later")
+    done = (tmp_path / "done.txt").read_text()
+
+    kernel.restart()
+    load_ext(kernel)
+    cell = NAMED_LATER.format(more=" log", setup="\nlog = open('out.txt', 'a')\nprint('setup ran')")
+    result = kernel.execute(cell)
+    assert result.error is not None and result.error.ename == "ExternalResourceError", result.describe()
+    assert (
+        "Cannot checkpoint 'log': it is a file open for writing ('out.txt', mode 'a')" in result.error.evalue
+    )
+    assert "Traceback" not in result.output
+    assert "setup ran" in result.stdout
+    # no iteration ran again, nothing was restored over setup's values, no checkpoint was written
+    assert (tmp_path / "done.txt").read_text() == done
+    assert kernel.eval("total") == "0"
+    assert newest_position(tmp_path / "ck" / "later") == position
+
+
 BYTES_LOOP = """\
 %%resumable data views total --name bytes --dir ck --every 3it
 import hashlib, time

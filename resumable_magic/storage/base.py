@@ -95,6 +95,10 @@ class Backend(Protocol):
 
     def put_blob(self, name: str, data: Buffer, alongside: Alongside | None = None) -> None: ...
 
+    def put_new_blob(self, data: Buffer, hashes: Alongside) -> str:
+        """Store ``data`` under the name ``hashes`` computes while it is written; return the name."""
+        ...
+
     def mark_verified(self, name: str) -> None: ...
 
     def read_blob(self, name: str, *, private: bool = False, into: BlobKind = "any") -> ReadBlob:

@@ -63,21 +63,25 @@ os.register_at_fork(after_in_child=_in_forked_child)
 
 
 class Alongside:
-    """``strong_hash(data)`` in a thread, while the caller does something else with ``data``."""
+    """Both hashes of ``data`` (its name, its BLAKE3) in a thread, while the caller writes ``data``;
+    ``name``: the name when the caller knows it already (then only the BLAKE3 is computed)."""
 
-    def __init__(self, data: Any) -> None:
-        self.result: str | None = None
+    def __init__(self, data: Any, name: str | None = None) -> None:
+        self.result: tuple[str, str] | None = None
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(data,), name="resumable-hash", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(data, name), name="resumable-hash", daemon=True
+        )
         self._thread.start()
 
-    def _run(self, data: Any) -> None:
+    def _run(self, data: Any, name: str | None) -> None:
         try:
-            self.result = strong_hash(data)
+            self.result = name or digest(data), strong_hash(data)
         except BaseException as exc:  # re-raised in the caller's thread by join()
             self._error = exc
 
-    def join(self) -> str:
+    def join(self) -> tuple[str, str]:
+        """(name, BLAKE3), once both are computed."""
         self._thread.join()
         if self._error is not None:
             raise self._error

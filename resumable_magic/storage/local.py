@@ -16,6 +16,7 @@ import shutil
 import stat
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from filelock import FileLock
@@ -27,6 +28,9 @@ from resumable_magic.storage.crashpoints import crash_point
 from resumable_magic.storage.paths import TMP_PREFIX, Where, folders_down, run_folder
 
 __all__ = ["LocalBackend", "check_private", "fsync_dir", "read_record_file", "user_name", "write_atomic"]
+
+
+_BLOB_STEPS = ("blob-written", "blob-synced")
 
 
 def fsync_dir(path: Path) -> None:
@@ -43,13 +47,17 @@ def write_atomic(
     data: bytes | bytearray | memoryview,
     steps: tuple[str, str] | None = None,
     alongside: Alongside | None = None,
-) -> None:
+    name_after: Callable[[], str] | None = None,
+) -> Path:
     """tmp -> write -> fsync -> rename over ``path``. The caller fsyncs the directory.
 
     ``steps`` names the crash points after the write and after the fsync (tests only). ``alongside``:
-    a hash computed while the data is written, awaited before the rename (its failure stops it).
+    hashes computed while the data is written, awaited before the rename (their failure stops it).
+    ``name_after``: the file's name, known once the data is written (a blob named by the hash
+    computed alongside); ``path`` is then its folder. Returns the path written.
     """
-    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}")
+    folder = path if name_after is not None else path.parent
+    tmp = folder / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         try:
@@ -65,7 +73,10 @@ def write_atomic(
                 alongside.join()
         if steps:
             crash_point(steps[1])
+        if name_after is not None:
+            path = folder / name_after()
         os.replace(tmp, path)
+        return path
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -188,8 +199,15 @@ class LocalBackend:
         self, name: str, data: bytes | bytearray | memoryview, alongside: Alongside | None = None
     ) -> None:
         target = self.path / "objects" / name
-        write_atomic(target, data, steps=("blob-written", "blob-synced"), alongside=alongside)
+        write_atomic(target, data, steps=_BLOB_STEPS, alongside=alongside)
         _remember_file(_file_identity(target))
+
+    def put_new_blob(self, data: bytes | bytearray | memoryview, hashes: Alongside) -> str:
+        target = write_atomic(
+            self.path / "objects", data, _BLOB_STEPS, hashes, name_after=lambda: hashes.join()[0]
+        )
+        _remember_file(_file_identity(target))
+        return target.name
 
     def read_blob(self, name: str, *, private: bool = False, into: BlobKind = "any") -> ReadBlob:
         """The blob read whole and hashed as it is read; ``private``: the open file's owner and mode
