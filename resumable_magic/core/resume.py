@@ -118,18 +118,22 @@ def find_start(
     if checkpoint is None or fresh:
         return start
     done = store.finished(checkpoint.generation)
+    # The loop had ended (its final checkpoint holds the state after it, also after a `break`) and
+    # the process died before the DONE record: the run is finished. Resuming the loop from that
+    # checkpoint's position would run again the iteration that broke out of it.
+    finished = done is not None or bool(checkpoint.manifest.get("final"))
     check_devices(checkpoint.manifest.get("devices") or (), map_location)
-    _check_inputs(checkpoint, inputs, progress, accept_changes=accept_changes, finished=done is not None)
+    _check_inputs(checkpoint, inputs, progress, accept_changes=accept_changes, finished=finished)
     old_code = checkpoint.manifest.get("code")
     if code is not None and old_code is not None and old_code != code:
-        _warn_code_change(old_code, code, checkpoint.created, done is not None, progress)
+        _warn_code_change(old_code, code, checkpoint.created, finished, progress)
     start.checkpoint, start.done = checkpoint, done
     start.history = list(checkpoint.manifest.get("history") or [])
     outcome = store.read_outcome() or {}
     if outcome.get("state") in ("interrupted", "failed"):
         error = outcome.get("error")
         start.previous_end = f"{outcome['state']}: {error}" if error else str(outcome["state"])
-    start.replayed = done is not None and not accept_changes
+    start.replayed = finished and not accept_changes
     missing = [n for n in names if n not in checkpoint.manifest.get("names", [])]
     if missing:
         progress.message(

@@ -325,6 +325,10 @@ class Resumable:
         if nest is None or not nest.resume_from(checkpoint.manifest, payload.get(INNER_KEY), restore_state):
             restore_state()
         if self.replayed:
+            if self._start.done is None:  # killed between the final checkpoint and its DONE record
+                self.store.mark_finished(
+                    checkpoint.generation, {"finished": checkpoint.created, "position": checkpoint.position}
+                )
             self.lease.release(undo=True)  # a replay only reads
             finished_at = (self._start.done or {}).get("finished", checkpoint.created)
             restored = [n for n in self.names + self.final_names if n in self.namespace]
