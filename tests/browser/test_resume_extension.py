@@ -14,6 +14,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -529,3 +531,46 @@ def test_a_restart_the_user_asked_for_is_not_a_crash(lab: Any, page: Any) -> Non
     assert page.locator(".Toastify__toast", has_text="The kernel died").count() == 0
     assert page.evaluate("window.__rmEvents") == []
     assert not finished(lab, key)
+
+
+def test_a_run_that_crashed_in_jupyterlab_resumes_under_resumable_run(
+    lab: Any, page: Any, tmp_path: Path
+) -> None:
+    """Issue 16: the same keys in JupyterLab and under the supervisor. The loop crashes in Lab (nobody
+    clicks Resume); `resumable run` of the same notebook file resumes that run, not a new one."""
+    notebook = lab.write_notebook("crashed_in_lab", [SETUP, OFFSET, LOOP, CHECK])
+    key = run_until_checkpointed(lab, page, notebook)
+    os.kill(lab.kernel_pid(notebook), signal.SIGKILL)
+    page.get_by_role("button", name="Resume", exact=True).wait_for(timeout=60_000)  # offered, not taken
+    reached = position(lab, key)
+    output, report = tmp_path / "out.ipynb", tmp_path / "report.json"
+    env = {
+        **os.environ,
+        "RESUMABLE_DIR": str(checkpoints(lab)),
+        "JUPYTER_DATA_DIR": str(lab.root.parent / "data"),  # the signing key of the Lab's kernels
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "resumable_magic",
+            "run",
+            notebook,
+            "--output",
+            str(output),
+            "--report",
+            str(report),
+        ],
+        cwd=lab.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert finished(lab, key)
+    events = resumed_events(lab, key)
+    assert len(events) == 1 and events[0]["from"] >= reached >= 10, events
+    executed = nbformat.read(output, as_version=4)
+    printed = "".join(o.get("text", "") for o in executed.cells[3].outputs)
+    assert f"RESULT {EXPECTED}" in printed, printed
