@@ -195,8 +195,9 @@ def test_bit_flips_in_a_state_blob_are_detected(tmp_path):
 
 @pytest.mark.parametrize("how", HOW)
 def test_damaged_done_record_resumes_from_the_final_checkpoint(tmp_path, capsys, reference, how):
-    """Without a readable DONE the run is not known to be finished: the next run resumes from its
-    final checkpoint (no iteration is left to redo), ends with the same values, and writes DONE again."""
+    """Without a readable DONE, the final checkpoint still says the loop ended: the next run replays
+    it (the loop does not run again, which after a `break` would redo the breaking iteration), ends
+    with the same values, and writes DONE again."""
     ckpt = tmp_path / "ck"
     run_loop(ckpt)
     done = RunStore(ckpt, KEY).path / "DONE"
@@ -211,7 +212,7 @@ def test_damaged_done_record_resumes_from_the_final_checkpoint(tmp_path, capsys,
         assert "DONE" in said.text("warning") and "is damaged" in said.text("warning")
     else:
         assert not said.text("warning")
-    assert f"from the checkpoint at iteration {N:,} " in said.text("info")
+    assert "Replayed the finished run" in said.text("info") and f"after {N:,} iterations" in said.text("info")
     assert find_run(ckpt, KEY).state == "finished" and not find_run(ckpt, KEY).problems
     final, said = run_loop(ckpt)  # and now it replays
     assert final == reference and "Replayed the finished run" in said.text("info")
