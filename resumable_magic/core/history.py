@@ -29,9 +29,7 @@ def trimmed(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return events if len(events) <= HISTORY_LIMIT else events[:1] + events[-(HISTORY_LIMIT - 1) :]
 
 
-def resumed_event(
-    checkpoint: Checkpoint, resumed: ResumeInfo, previous_end: str | None, jupyterlab: str | None
-) -> dict[str, Any]:
+def resumed_event(checkpoint: Checkpoint, resumed: ResumeInfo, previous_end: str | None) -> dict[str, Any]:
     """The event of a resumed attempt; ``jupyterlab`` says whether the JupyterLab extension resumed it
     ("automatic" or "clicked") after a kernel crash."""
     return event(
@@ -41,7 +39,7 @@ def resumed_event(
         redone_seconds=resumed.redone_seconds,
         after=previous_end or "crashed",
         cause=restart_cause(),  # set when `resumable run` restarted a dead kernel or script
-        jupyterlab=jupyterlab,
+        jupyterlab=resumed.by_jupyterlab,
     )
 
 
@@ -50,11 +48,9 @@ def resumed_text(
     checkpoint: Checkpoint,
     total: int | None,
     resumed: ResumeInfo,
-    by_jupyterlab: str | None = None,
 ) -> str:
     """The banner of a resumed attempt; the plain API learns the total only when its loop starts, so
-    the checkpoint's is used until then. ``by_jupyterlab``: how the JupyterLab extension resumed it
-    after a kernel crash ("automatic" or "clicked"), or None."""
+    the checkpoint's is used until then."""
     recorded = checkpoint.manifest.get("total")
     if total is None and isinstance(recorded, int) and not isinstance(recorded, bool):
         total = recorded
@@ -68,5 +64,5 @@ def resumed_text(
         (checkpoint.manifest.get("inner") or {"position": 0})["position"]
         if "steps" in checkpoint.manifest
         else None,
-        by_jupyterlab,
+        resumed.by_jupyterlab,
     )

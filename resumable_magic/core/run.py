@@ -338,16 +338,15 @@ class Resumable:
             return
         # The lease of the attempt that ended says how far it got, and when: the work redone now.
         resumed = resume_info(checkpoint, self.lease.previous)
-        by_jupyterlab = jupyterlab_resume(self.store, self.history, checkpoint.created)
-        resumed = dataclasses.replace(resumed, by_jupyterlab=by_jupyterlab)
-        self.history.append(
-            history.resumed_event(checkpoint, resumed, self._start.previous_end, jupyterlab=by_jupyterlab)
+        resumed = dataclasses.replace(
+            resumed, by_jupyterlab=jupyterlab_resume(self.store, self.history, checkpoint.created)
         )
+        self.history.append(history.resumed_event(checkpoint, resumed, self._start.previous_end))
         self.next_at = self.policy.next_due_at(self._count()[1])
         self._start_threads()
         self.checkpoints.last_time = time.monotonic()  # a time policy counts from the resume
         self.progress.run_started(self._start_info(resumed))
-        self._info(history.resumed_text(self.names, checkpoint, self.total, resumed, by_jupyterlab))
+        self._info(history.resumed_text(self.names, checkpoint, self.total, resumed))
 
     def finish(self) -> None:
         """The loop ended normally (also by ``break``): write the final checkpoint and the DONE record."""
